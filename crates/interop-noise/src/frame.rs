@@ -1,0 +1,134 @@
+//! Framing: every handshake and transport message travels as a 3-byte big-endian length
+//! followed by that many bytes.
+
+use crate::{Error, MAX_NOISE_MESSAGE, Result};
+
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 3;
+
+/// Appends one frame carrying `body` to `out`.
+pub fn encode(body: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    if body.len() > MAX_NOISE_MESSAGE {
+        return Err(Error::MessageTooLarge { len: body.len(), max: MAX_NOISE_MESSAGE });
+    }
+    let len = u32::try_from(body.len()).expect("checked against MAX_NOISE_MESSAGE above");
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// Returns the body of the single whole frame in `bytes` (trailing bytes are an error).
+pub fn decode_one(bytes: &[u8]) -> Result<&[u8]> {
+    let (len, rest) = read_len(bytes)?.ok_or(Error::Truncated)?;
+    if len > MAX_NOISE_MESSAGE {
+        return Err(Error::FrameTooLarge { len, max: MAX_NOISE_MESSAGE });
+    }
+    match rest.len().cmp(&len) {
+        std::cmp::Ordering::Less => Err(Error::Truncated),
+        std::cmp::Ordering::Equal => Ok(rest),
+        std::cmp::Ordering::Greater => Err(Error::UnexpectedMessage("bytes after the frame")),
+    }
+}
+
+fn read_len(bytes: &[u8]) -> Result<Option<(usize, &[u8])>> {
+    if bytes.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+    Ok(Some((len, &bytes[LEN_PREFIX..])))
+}
+
+/// A push-based frame decoder: feed any slices with [`push`](Self::push), take whole frames
+/// with [`next_frame`](Self::next_frame). Results never depend on how the input was chunked.
+///
+/// A declared length above the limit is refused as soon as the 3-byte prefix is in, before
+/// anything is buffered for it.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new(MAX_NOISE_MESSAGE)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder refusing frames longer than `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self { buf: Vec::new(), max }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes the next whole frame's body, `Ok(None)` until one is complete.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some((len, rest)) = read_len(&self.buf)? else {
+            return Ok(None);
+        };
+        if len > self.max {
+            return Err(Error::FrameTooLarge { len, max: self.max });
+        }
+        if rest.len() < len {
+            return Ok(None);
+        }
+        let body = rest[..len].to_vec();
+        self.buf.drain(..LEN_PREFIX + len);
+        Ok(Some(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn oversized_declared_length_is_refused_before_buffering() {
+        let mut d = FrameDecoder::new(10);
+        d.push(&[0, 0, 11]);
+        assert!(matches!(d.next_frame(), Err(Error::FrameTooLarge { len: 11, max: 10 })));
+    }
+
+    #[test]
+    fn decode_one_checks_lengths() {
+        assert!(matches!(decode_one(&[0, 0]), Err(Error::Truncated)));
+        assert!(matches!(decode_one(&[0, 0, 2, 1]), Err(Error::Truncated)));
+        assert!(decode_one(&[0, 0, 1, 1, 9]).is_err());
+        assert_eq!(decode_one(&[0, 0, 1, 7]).unwrap(), &[7]);
+    }
+
+    proptest! {
+        #[test]
+        fn chunking_never_changes_the_frames(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut wire = Vec::new();
+            for b in &bodies { encode(b, &mut wire).unwrap(); }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut d = FrameDecoder::default();
+            let mut got = Vec::new();
+            let mut last = 0;
+            for p in points.into_iter().chain([wire.len()]) {
+                d.push(&wire[last..p]);
+                last = p;
+                while let Some(f) = d.next_frame().unwrap() { got.push(f); }
+            }
+            prop_assert_eq!(got, bodies);
+            prop_assert_eq!(d.buffered(), 0);
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The reference gatekeeper and third-party provider servers of interop messaging.
+//!
+//! This crate owns all I/O of the server side: sockets, storage, clocks, tasks. The protocol
+//! logic lives in the sans-IO crates (interop-noise, interop-stanza, interop-enlist,
+//! interop-media). It never links interop-e2ee or libsignal: the gatekeeper routes ciphertext
+//! it cannot read.
+//!
+//! # What this crate does not do
+//! - No end-to-end cryptography (by design, see ARCHITECTURE.md).
+
+#![forbid(unsafe_code)]
+
+pub mod gatekeeper;
+pub mod keyfile;
+
+/// Errors of the server library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A client broke the transport protocol.
+    #[error("transport: {0}")]
+    Transport(#[from] interop_noise::Error),
+    /// A client sent a stanza that does not decode.
+    #[error("stanza: {0}")]
+    Stanza(#[from] interop_stanza::Error),
+    /// Configuration or a file in the data directory is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The operating system refused an operation.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias of the server library.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,3 @@
+//! Shared fixtures of the workspace end-to-end tests: a real gatekeeper on a loopback port.
+
+#![forbid(unsafe_code)]
