@@ -12,6 +12,7 @@
 
 pub mod gatekeeper;
 pub mod keyfile;
+pub mod store;
 
 /// Errors of the server library.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,9 @@ pub enum Error {
     /// Configuration or a file in the data directory is wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// The database failed or refused an operation (no message content in the text).
+    #[error("storage: {0}")]
+    Storage(String),
     /// The operating system refused an operation.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
