@@ -1,70 +1,116 @@
-//! End-to-end encryption for interop messaging, on the official Signal library (libsignal).
+//! End-to-end encryption for interop messaging, on the official Signal library (libsignal):
+//! PQXDH sessions with Kyber pre-keys, the triple ratchet, sender keys, safety numbers; the
+//! layered content protobufs; and the `enc` children of `message` stanzas.
 //!
-//! This crate is AGPL-3.0-only because libsignal is. It is sans-IO: callers pass randomness in
-//! and drive libsignal's (non-`Send`) store futures on their own thread or `LocalSet`.
+//! This crate is AGPL-3.0-only because libsignal is. It is sans-IO: time (`now`) and
+//! randomness (`rng`) are parameters, storage is a trait.
 //!
+//! ```text
+//!  send:    proto::Transport ──seal (pad)──▶ Account::encrypt ──▶ [(device, Enc)] ──▶ stanza::message_stanza
+//!                                              │ one Batch committed before returning
+//!  receive: stanza::parse_incoming ──▶ Account::receive ──▶ Received { message, events }
+//!                                        │ decrypt + parse + sender-key distribution
+//!                                        └─ Received::commit: new session state + Arrival, one Batch
+//!
+//!  Account ──libsignal store traits (tx.rs)──▶ Storage (load, commit(Batch))
+//!                                                 ├ InMemoryStorage (here)
+//!                                                 └ SQLite (interop-client)
 //! ```
+//!
+//! # Example
+//! ```
+//! use std::time::SystemTime;
+//! use futures::executor::block_on;
+//! use interop_e2ee::{Account, Bundle, DeviceAddress, InMemoryStorage, PreKeyPolicy, proto};
+//!
+//! # fn main() -> Result<(), interop_e2ee::Error> { block_on(async {
 //! let mut rng = rand::rng();
-//! let account = interop_e2ee::AccountKeys::generate(&mut rng);
-//! assert_eq!(account.identity_public().len(), 33);
+//! let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+//! let policy = PreKeyPolicy::default();
+//! let (alice_addr, bob_addr) = (DeviceAddress::new("alice", 1)?, DeviceAddress::new("bob", 1)?);
+//! let (mut alice, _) = Account::create(InMemoryStorage::new(), alice_addr.clone(), &policy, now, &mut rng).await?;
+//! let (mut bob, upload) = Account::create(InMemoryStorage::new(), bob_addr.clone(), &policy, now, &mut rng).await?;
+//!
+//! // The server hands Alice one bundle of Bob's keys.
+//! let bundle = Bundle {
+//!     registration_id: upload.registration_id,
+//!     device: 1,
+//!     identity: upload.identity.clone(),
+//!     signed_prekey: upload.signed_prekey.clone().unwrap(),
+//!     one_time: upload.one_time.first().cloned(),
+//!     kyber: upload.kyber_one_time[0].clone(),
+//! };
+//! alice.process_bundle(&bob_addr, &bundle, now, &mut rng).await?;
+//!
+//! let text = proto::message::Content::Text(proto::Text { body: "hi".into() });
+//! let message = proto::Message { id: "m1".into(), content: Some(text), ..Default::default() };
+//! let encs = alice
+//!     .send(&[bob_addr.clone()], proto::Transport { message: Some(message), ..Default::default() }, now, &mut rng)
+//!     .await?;
+//! let node = interop_e2ee::stanza::message_stanza("m1", "bob", interop_e2ee::stanza::MessageType::Text, &encs);
+//!
+//! // The gatekeeper routes it and adds the sender.
+//! let delivered = node.with_attr("from", "alice").with_attr("from_device", "1");
+//! let incoming = interop_e2ee::stanza::parse_incoming(&delivered, &bob_addr)?;
+//! let received = bob.receive(&incoming.sender, &incoming.enc, &mut rng).await?;
+//! assert!(matches!(
+//!     interop_e2ee::content(received.message().unwrap()),
+//!     interop_e2ee::Content::Text(t) if t.body == "hi"
+//! ));
+//! received.commit().await?; // session state and arrival, one transaction
+//! assert_eq!(bob.storage().arrivals().len(), 1);
+//! # Ok(()) }) }
 //! ```
+//!
+//! # Driving it from tokio
+//! libsignal's store futures are not `Send`, so neither are this crate's. A multi-threaded
+//! tokio program gives each account to one owner that never moves between threads: a
+//! dedicated OS thread (or a `tokio::task::LocalSet` on a current-thread runtime) running the
+//! account's operations one at a time, fed by an `mpsc` channel of requests, each with a
+//! `oneshot` for the answer (an "account actor"). The storage may itself await async I/O
+//! (sqlx) inside; one actor per account is also the single writer [`Storage`] requires.
+//!
+//! # Trust
+//! Identity keys are trusted on first use. A changed key is accepted and reported as
+//! [`Event::IdentityChanged`] (committed with the message that revealed it); if the user had
+//! verified the old key ([`Account::verify_identity`]) messages are refused with
+//! [`Error::UntrustedIdentity`] until [`Account::approve_identity`].
 //!
 //! # What this crate does not do
 //! - No cryptography of its own: every primitive is libsignal's.
-//! - No storage engine: stores are traits with in-memory implementations; the persistent one
-//!   lives in interop-client.
+//! - No I/O: no sockets, no clock, no threads, no persistent storage engine. The SQLite
+//!   [`Storage`] lives in interop-client.
+//! - No server logic: it does not choose which devices to send to, store uploaded pre-keys or
+//!   build bundles; [`PreKeyUpload`] and [`Bundle`] are plain data for that.
+//! - No media encryption (interop-media); [`proto::Media`] only carries the descriptor.
+//! - No group membership: sender keys are exposed; the group service comes later.
 
 #![forbid(unsafe_code)]
 
-use libsignal_protocol::IdentityKeyPair;
-use rand::{CryptoRng, Rng};
+mod account;
+mod content;
+mod error;
+mod prekeys;
+mod records;
+pub mod stanza;
+mod store;
+mod tx;
 
-/// The long-term keys of one account on one device.
-pub struct AccountKeys {
-    identity: IdentityKeyPair,
-    registration_id: u32,
+#[cfg(feature = "__test-suite")]
+pub mod test_suite;
+
+/// Generated protobuf types of `proto/interop/content.proto`.
+///
+/// Their derived `Debug` prints content: do not log them.
+#[allow(clippy::all, missing_docs, missing_debug_implementations)]
+pub mod proto {
+    include!("generated/interop.content.v1.rs");
 }
 
-impl std::fmt::Debug for AccountKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccountKeys")
-            .field("registration_id", &self.registration_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AccountKeys {
-    /// Fresh keys: an identity key pair and a registration id (1..=16380, as libsignal clients use).
-    pub fn generate<R: CryptoRng + Rng>(rng: &mut R) -> Self {
-        Self {
-            identity: IdentityKeyPair::generate(rng),
-            registration_id: rng.random_range(1..=16380),
-        }
-    }
-
-    /// The serialized public identity key (type byte + 32 bytes).
-    pub fn identity_public(&self) -> Vec<u8> {
-        self.identity.identity_key().serialize().to_vec()
-    }
-
-    /// The registration id.
-    pub fn registration_id(&self) -> u32 {
-        self.registration_id
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_keys_differ_and_registration_ids_are_in_range() {
-        let mut rng = rand::rng();
-        let a = AccountKeys::generate(&mut rng);
-        let b = AccountKeys::generate(&mut rng);
-        assert_ne!(a.identity_public(), b.identity_public());
-        for k in [&a, &b] {
-            assert!((1..=16380).contains(&k.registration_id()));
-        }
-    }
-}
+pub use account::{Account, Enc, EncKind, Event, Pending};
+pub use content::{
+    Content, MAX_TRANSPORT_LEN, PADDING_BLOCK, Received, content, new_message_id, open, seal,
+};
+pub use error::{Error, Result};
+pub use prekeys::{Bundle, OneTimeKey, PreKeyPolicy, PreKeyUpload, SignedKey};
+pub use store::{Arrival, Batch, DeviceAddress, InMemoryStorage, RecordKey, Storage, StorageError};

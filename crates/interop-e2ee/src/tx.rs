@@ -1,0 +1,332 @@
+//! libsignal's store traits, implemented over one pending transaction on a [`Storage`].
+//!
+//! A [`Tx`] reads through to the storage and keeps every write in memory; nothing reaches the
+//! storage until the caller turns the transaction into a [`Batch`] and commits it. libsignal's
+//! functions take several `&mut dyn Store` at once, so the traits are implemented on [`View`],
+//! a cheap handle of which each call gets as many as it needs.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use libsignal_protocol::{
+    Direction, GenericSignedPreKey, IdentityChange, IdentityKey, IdentityKeyPair, IdentityKeyStore,
+    KyberPreKeyId, KyberPreKeyRecord, KyberPreKeyStore, PreKeyId, PreKeyRecord, PreKeyStore,
+    ProtocolAddress, PublicKey, SenderKeyRecord, SenderKeyStore, SessionRecord, SessionStore,
+    SignalProtocolError, SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore,
+};
+
+use crate::account::LocalIdentity;
+use crate::records::{IdentityRecord, KyberKind, decode_kyber, encode_kyber};
+use crate::store::{Batch, DeviceAddress, RecordKey, Storage, StorageError};
+use crate::{Error, Event};
+
+type SResult<T> = std::result::Result<T, SignalProtocolError>;
+
+/// Pending writes over a storage.
+pub(crate) struct Tx<'a, S> {
+    storage: &'a S,
+    local: &'a LocalIdentity,
+    writes: RefCell<HashMap<RecordKey, Option<Vec<u8>>>>,
+    order: RefCell<Vec<RecordKey>>,
+    events: RefCell<Vec<Event>>,
+    failure: RefCell<Option<StorageError>>,
+}
+
+impl<'a, S: Storage> Tx<'a, S> {
+    pub(crate) fn new(storage: &'a S, local: &'a LocalIdentity) -> Self {
+        Self {
+            storage,
+            local,
+            writes: RefCell::default(),
+            order: RefCell::default(),
+            events: RefCell::default(),
+            failure: RefCell::default(),
+        }
+    }
+
+    /// Continues a transaction whose writes so far are `batch`.
+    pub(crate) fn resume(storage: &'a S, local: &'a LocalIdentity, batch: Batch) -> Self {
+        let tx = Self::new(storage, local);
+        for (key, value) in batch.writes {
+            tx.put(key, value);
+        }
+        tx
+    }
+
+    /// A store handle for one argument of a libsignal call.
+    pub(crate) fn view(&self) -> View<'_, 'a, S> {
+        View(self)
+    }
+
+    pub(crate) fn put(&self, key: RecordKey, value: Option<Vec<u8>>) {
+        let mut writes = self.writes.borrow_mut();
+        if writes.insert(key.clone(), value).is_none() {
+            self.order.borrow_mut().push(key);
+        }
+    }
+
+    pub(crate) fn push_event(&self, event: Event) {
+        self.events.borrow_mut().push(event);
+    }
+
+    /// Turns a libsignal error into ours, preferring a storage failure seen on the way.
+    pub(crate) fn map_err(&self, e: SignalProtocolError) -> Error {
+        match self.failure.borrow_mut().take() {
+            Some(storage) => Error::Storage(storage),
+            None => crate::error::from_signal(e),
+        }
+    }
+
+    /// The pending writes (in first-write order) and the events they caused.
+    pub(crate) fn finish(self) -> (Batch, Vec<Event>) {
+        let mut writes = self.writes.into_inner();
+        let writes = self
+            .order
+            .into_inner()
+            .into_iter()
+            .map(|k| {
+                let v = writes.remove(&k).expect("every ordered key has a pending write");
+                (k, v)
+            })
+            .collect();
+        (Batch { writes, arrivals: Vec::new() }, self.events.into_inner())
+    }
+
+    /// `get` for the libsignal adapters: a storage failure is remembered (so [`Tx::map_err`]
+    /// reports it) and surfaced to libsignal as an opaque error.
+    async fn get_sig(&self, key: &RecordKey) -> SResult<Option<Vec<u8>>> {
+        if let Some(pending) = self.writes.borrow().get(key) {
+            return Ok(pending.clone());
+        }
+        match self.storage.load(key).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                *self.failure.borrow_mut() = Some(e);
+                Err(SignalProtocolError::InvalidState("storage", "load failed".into()))
+            }
+        }
+    }
+}
+
+fn corrupt(what: &'static str) -> SignalProtocolError {
+    SignalProtocolError::InvalidSessionStructure(what)
+}
+
+/// One store handle over a [`Tx`]; implements all of libsignal's store traits.
+pub(crate) struct View<'t, 'a, S>(&'t Tx<'a, S>);
+
+#[async_trait::async_trait(?Send)]
+impl<S: Storage> IdentityKeyStore for View<'_, '_, S> {
+    async fn get_identity_key_pair(&self) -> SResult<IdentityKeyPair> {
+        Ok(self.0.local.key_pair)
+    }
+
+    async fn get_local_registration_id(&self) -> SResult<u32> {
+        Ok(self.0.local.registration_id)
+    }
+
+    async fn save_identity(
+        &mut self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+    ) -> SResult<IdentityChange> {
+        let peer = DeviceAddress::from_signal(address);
+        let key = RecordKey::Identity(peer.clone());
+        let stored = match self.0.get_sig(&key).await? {
+            Some(bytes) => Some(IdentityRecord::decode(&bytes).ok_or(corrupt("identity"))?),
+            None => None,
+        };
+        let new_key = identity.serialize().to_vec();
+        match stored {
+            Some(rec) if rec.key == new_key => Ok(IdentityChange::NewOrUnchanged),
+            Some(_) => {
+                self.0.put(key, Some(IdentityRecord { key: new_key, verified: false }.encode()));
+                self.0.push_event(Event::IdentityChanged { peer });
+                Ok(IdentityChange::ReplacedExisting)
+            }
+            None => {
+                self.0.put(key, Some(IdentityRecord { key: new_key, verified: false }.encode()));
+                Ok(IdentityChange::NewOrUnchanged)
+            }
+        }
+    }
+
+    async fn is_trusted_identity(
+        &self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+        _direction: Direction,
+    ) -> SResult<bool> {
+        let key = RecordKey::Identity(DeviceAddress::from_signal(address));
+        match self.0.get_sig(&key).await? {
+            None => Ok(true),
+            Some(bytes) => {
+                let rec = IdentityRecord::decode(&bytes).ok_or(corrupt("identity"))?;
+                // Trust on first use; a changed key is accepted (and reported as an event by
+                // save_identity) unless the user verified the old one.
+                Ok(rec.key == identity.serialize().as_ref() || !rec.verified)
+            }
+        }
+    }
+
+    async fn get_identity(&self, address: &ProtocolAddress) -> SResult<Option<IdentityKey>> {
+        let key = RecordKey::Identity(DeviceAddress::from_signal(address));
+        match self.0.get_sig(&key).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                let rec = IdentityRecord::decode(&bytes).ok_or(corrupt("identity"))?;
+                Ok(Some(IdentityKey::decode(&rec.key)?))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl<S: Storage> SessionStore for View<'_, '_, S> {
+    async fn load_session(&self, address: &ProtocolAddress) -> SResult<Option<SessionRecord>> {
+        let key = RecordKey::Session(DeviceAddress::from_signal(address));
+        match self.0.get_sig(&key).await? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(SessionRecord::deserialize(&bytes)?)),
+        }
+    }
+
+    async fn store_session(
+        &mut self,
+        address: &ProtocolAddress,
+        record: &SessionRecord,
+    ) -> SResult<()> {
+        let key = RecordKey::Session(DeviceAddress::from_signal(address));
+        self.0.put(key, Some(record.serialize()?));
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl<S: Storage> PreKeyStore for View<'_, '_, S> {
+    async fn get_pre_key(&self, id: PreKeyId) -> SResult<PreKeyRecord> {
+        match self.0.get_sig(&RecordKey::PreKey(id.into())).await? {
+            None => Err(SignalProtocolError::InvalidPreKeyId),
+            Some(bytes) => PreKeyRecord::deserialize(&bytes),
+        }
+    }
+
+    async fn save_pre_key(&mut self, id: PreKeyId, record: &PreKeyRecord) -> SResult<()> {
+        self.0.put(RecordKey::PreKey(id.into()), Some(record.serialize()?));
+        Ok(())
+    }
+
+    async fn remove_pre_key(&mut self, id: PreKeyId) -> SResult<()> {
+        self.0.put(RecordKey::PreKey(id.into()), None);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl<S: Storage> SignedPreKeyStore for View<'_, '_, S> {
+    async fn get_signed_pre_key(&self, id: SignedPreKeyId) -> SResult<SignedPreKeyRecord> {
+        match self.0.get_sig(&RecordKey::SignedPreKey(id.into())).await? {
+            None => Err(SignalProtocolError::InvalidSignedPreKeyId),
+            Some(bytes) => SignedPreKeyRecord::deserialize(&bytes),
+        }
+    }
+
+    async fn save_signed_pre_key(
+        &mut self,
+        id: SignedPreKeyId,
+        record: &SignedPreKeyRecord,
+    ) -> SResult<()> {
+        self.0.put(RecordKey::SignedPreKey(id.into()), Some(record.serialize()?));
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl<S: Storage> KyberPreKeyStore for View<'_, '_, S> {
+    async fn get_kyber_pre_key(&self, id: KyberPreKeyId) -> SResult<KyberPreKeyRecord> {
+        match self.0.get_sig(&RecordKey::KyberPreKey(id.into())).await? {
+            None => Err(SignalProtocolError::InvalidKyberPreKeyId),
+            Some(bytes) => {
+                let (_, record) = decode_kyber(&bytes).ok_or(corrupt("kyber pre-key"))?;
+                KyberPreKeyRecord::deserialize(record)
+            }
+        }
+    }
+
+    async fn save_kyber_pre_key(
+        &mut self,
+        id: KyberPreKeyId,
+        record: &KyberPreKeyRecord,
+    ) -> SResult<()> {
+        // libsignal itself never saves Kyber pre-keys; treat a save as a one-time key.
+        let value = encode_kyber(KyberKind::OneTime, &record.serialize()?);
+        self.0.put(RecordKey::KyberPreKey(id.into()), Some(value));
+        Ok(())
+    }
+
+    async fn mark_kyber_pre_key_used(
+        &mut self,
+        id: KyberPreKeyId,
+        ec_prekey_id: SignedPreKeyId,
+        base_key: &PublicKey,
+    ) -> SResult<()> {
+        let key = RecordKey::KyberPreKey(id.into());
+        let Some(bytes) = self.0.get_sig(&key).await? else {
+            return Err(SignalProtocolError::InvalidKyberPreKeyId);
+        };
+        let (kind, _) = decode_kyber(&bytes).ok_or(corrupt("kyber pre-key"))?;
+        match kind {
+            KyberKind::OneTime => self.0.put(key, None),
+            KyberKind::LastResort => {
+                // "A last-resort pre-key should check whether the same combination of
+                // pre-keys was used with the given base key before, and produce an error if
+                // so." (libsignal, KyberPreKeyStore::mark_kyber_pre_key_used)
+                let seen = RecordKey::KyberBaseKeySeen {
+                    kyber: id.into(),
+                    signed: ec_prekey_id.into(),
+                    base_key: base_key.serialize().to_vec(),
+                };
+                if self.0.get_sig(&seen).await?.is_some() {
+                    return Err(SignalProtocolError::InvalidMessage(
+                        libsignal_protocol::CiphertextMessageType::PreKey,
+                        "reused base key",
+                    ));
+                }
+                self.0.put(seen, Some(Vec::new()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl<S: Storage> SenderKeyStore for View<'_, '_, S> {
+    async fn store_sender_key(
+        &mut self,
+        sender: &ProtocolAddress,
+        distribution_id: uuid::Uuid,
+        record: &SenderKeyRecord,
+    ) -> SResult<()> {
+        let key = RecordKey::SenderKey {
+            sender: DeviceAddress::from_signal(sender),
+            distribution: *distribution_id.as_bytes(),
+        };
+        self.0.put(key, Some(record.serialize()?));
+        Ok(())
+    }
+
+    async fn load_sender_key(
+        &mut self,
+        sender: &ProtocolAddress,
+        distribution_id: uuid::Uuid,
+    ) -> SResult<Option<SenderKeyRecord>> {
+        let key = RecordKey::SenderKey {
+            sender: DeviceAddress::from_signal(sender),
+            distribution: *distribution_id.as_bytes(),
+        };
+        match self.0.get_sig(&key).await? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(SenderKeyRecord::deserialize(&bytes)?)),
+        }
+    }
+}
