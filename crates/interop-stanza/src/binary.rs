@@ -1,195 +1,670 @@
-//! The binary wire codec.
+//! The binary wire codec: dictionary tokens, packed strings, raw bytes, list headers.
 //!
-//! Provisional format (version 0), to be replaced by the dictionary codec:
 //! ```text
-//! stanza  = version:u8 node
-//! node    = string(tag) attrs:u16 (string(name) string(value))* content
-//! content = 0x00                      ; empty
-//!         | 0x01 count:u32 node*      ; children
-//!         | 0x02 string(bytes)        ; raw bytes
-//! string  = len:u32 bytes
+//! stanza   = node                         ; no version byte: the dictionary version is the
+//!                                         ; connection header's byte 4
+//! node     = list(n) string(tag) (string(name) string(value)){(n-1)/2} [content]
+//!                                         ; n >= 1; content present iff n is even
+//! content  = list(m) node{m}              ; children (m may be 0)
+//!          | bin                          ; raw bytes
+//! string   = token | page1 | bin | nibble | hex | address
+//! list(n)  = D0+n                         ; n <= 15
+//!          | F1 u8 | F2 u16
+//! token    = 01..CF                       ; page 0 of the dictionary
+//! page1    = F0 u8                        ; page 1 of the dictionary
+//! bin      = F3 len:u8 octets | F4 len:u16 octets | F5 len:u32 octets
+//! nibble   = F7 h:u8 octets               ; h = odd<<7 | count (1..=127); digits - .
+//! hex      = F8 h:u8 octets               ; same header; 0-9 a-f
+//! address  = F6 flags [varint integrator] [varint device] string(user) string(server)
 //! ```
-//! All integers big-endian. Decoding bounds nesting at [`MAX_DEPTH`] without recursion limits
-//! being left to the stack: depth is checked before descending.
+//!
+//! All integers are big-endian; varints are LEB128 (u32, shortest form). Bytes `00`, `E0..=EF`
+//! and `F9..=FF` are not used by version 1 and are refused as unknown tokens. The full byte
+//! table and the dictionary are in the protocol document (`docs/PROTOCOL.md`, "Binary
+//! stanzas").
+//!
+//! The encoder chooses, for every string, the first that applies: a dictionary token; nibble
+//! packing (1..=254 characters of `0-9 - .`); hex packing (1..=254 characters of `0-9 a-f`);
+//! an address (`user[.integrator][:device]@server` with a server in the dictionary and
+//! shortest-form decimal numbers); raw UTF-8 bytes. The decoder accepts any of these forms
+//! wherever a string is allowed (an address inside an address excepted).
 
-use crate::{Content, Error, Node, Result};
+use crate::dict::{DICTIONARY_VERSION, Dictionary, Token};
+use crate::{Content, Error, Limits, Node, Result};
 
-/// Format version written by [`encode`].
-pub const VERSION: u8 = 0;
-/// Maximum nesting depth accepted by [`decode`].
-pub const MAX_DEPTH: usize = 64;
+/// First short list header: `D0 + n` is a list of `n <= 15` items.
+pub const LIST_SHORT: u8 = 0xD0;
+/// Page-1 token: `F0 index`.
+pub const PAGE1: u8 = 0xF0;
+/// List with a one-byte count.
+pub const LIST_8: u8 = 0xF1;
+/// List with a two-byte count.
+pub const LIST_16: u8 = 0xF2;
+/// Raw bytes with a one-byte length.
+pub const BIN_8: u8 = 0xF3;
+/// Raw bytes with a two-byte length.
+pub const BIN_16: u8 = 0xF4;
+/// Raw bytes with a four-byte length.
+pub const BIN_32: u8 = 0xF5;
+/// Packed address.
+pub const ADDR: u8 = 0xF6;
+/// Nibble-packed numeric string.
+pub const NIBBLE: u8 = 0xF7;
+/// Nibble-packed lowercase hex string.
+pub const HEX: u8 = 0xF8;
 
-/// Encodes one stanza.
+/// Deepest nesting a decoder will ever build, whatever [`Limits::max_depth`] says: dropping a
+/// deeper tree would recurse that deep.
+pub const DEPTH_CEILING: usize = 1024;
+
+/// Encodes one stanza with the current dictionary and default limits.
 pub fn encode(node: &Node) -> Result<Vec<u8>> {
-    let mut out = vec![VERSION];
-    encode_node(node, &mut out)?;
-    Ok(out)
+    Codec::default().encode(node)
 }
 
-fn put_len(len: usize, max: usize, out: &mut Vec<u8>) -> Result<()> {
-    if len > max {
-        return Err(Error::FieldTooLong { len, max });
+/// Decodes exactly one stanza with the current dictionary and default limits.
+pub fn decode(bytes: &[u8]) -> Result<Node> {
+    Codec::default().decode(bytes)
+}
+
+/// A binary codec bound to one dictionary version and a set of limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    dict: &'static Dictionary,
+    limits: Limits,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self { dict: Dictionary::current(), limits: Limits::DEFAULT }
     }
-    out.extend_from_slice(
-        &u32::try_from(len).map_err(|_| Error::FieldTooLong { len, max })?.to_be_bytes(),
-    );
-    Ok(())
 }
 
-fn put_str(s: &[u8], out: &mut Vec<u8>) -> Result<()> {
-    put_len(s.len(), u32::MAX as usize, out)?;
-    out.extend_from_slice(s);
-    Ok(())
-}
-
-fn encode_node(node: &Node, out: &mut Vec<u8>) -> Result<()> {
-    put_str(node.tag.as_bytes(), out)?;
-    let n = u16::try_from(node.attrs.len())
-        .map_err(|_| Error::FieldTooLong { len: node.attrs.len(), max: u16::MAX as usize })?;
-    out.extend_from_slice(&n.to_be_bytes());
-    for (k, v) in &node.attrs {
-        put_str(k.as_bytes(), out)?;
-        put_str(v.as_bytes(), out)?;
+impl Codec {
+    /// The codec of dictionary `version` (the connection header's byte 4), or
+    /// [`Error::UnsupportedVersion`]: a server refuses the connection then.
+    pub fn new(version: u8) -> Result<Self> {
+        Ok(Self { dict: Dictionary::for_version(version)?, limits: Limits::DEFAULT })
     }
-    match &node.content {
-        Content::Empty => out.push(0),
-        Content::Nodes(children) => {
-            out.push(1);
-            put_len(children.len(), u32::MAX as usize, out)?;
-            for c in children {
-                encode_node(c, out)?;
+
+    /// The same codec with other decoder limits (the encoder checks depth against them too).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The dictionary version.
+    pub fn version(&self) -> u8 {
+        self.dict.version()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Encodes one stanza.
+    pub fn encode(&self, node: &Node) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(64 + node.bytes().map_or(0, <[u8]>::len));
+        self.encode_into(node, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the encoding of one stanza to `out` (on error, `out` holds a partial stanza).
+    pub fn encode_into(&self, node: &Node, out: &mut Vec<u8>) -> Result<()> {
+        let max_depth = self.max_depth();
+        let mut w = Writer { dict: self.dict, out };
+        w.head(node)?;
+        let mut stack: Vec<std::slice::Iter<'_, Node>> = Vec::new();
+        if !node.children().is_empty() {
+            if max_depth < 2 {
+                return Err(Error::TooDeep { max: max_depth });
+            }
+            stack.push(node.children().iter());
+        }
+        while let Some(siblings) = stack.last_mut() {
+            let Some(child) = siblings.next() else {
+                stack.pop();
+                continue;
+            };
+            w.head(child)?;
+            if !child.children().is_empty() {
+                if stack.len() + 2 > max_depth {
+                    return Err(Error::TooDeep { max: max_depth });
+                }
+                stack.push(child.children().iter());
             }
         }
-        Content::Bytes(b) => {
-            out.push(2);
-            put_str(b, out)?;
+        Ok(())
+    }
+
+    /// Decodes exactly one stanza: all of `bytes`, nothing more.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Node> {
+        if bytes.len() > self.limits.max_size {
+            return Err(Error::LimitExceeded { limit: "stanza size", max: self.limits.max_size });
+        }
+        let mut state = DecodeState::default();
+        match state.advance(self, bytes)? {
+            None => Err(Error::Truncated),
+            Some((node, used)) if used == bytes.len() => Ok(node),
+            Some((_, used)) => Err(Error::TrailingBytes(bytes.len() - used)),
         }
     }
-    Ok(())
+
+    fn max_depth(&self) -> usize {
+        self.limits.max_depth.min(DEPTH_CEILING)
+    }
 }
 
-/// Decodes exactly one stanza.
-pub fn decode(bytes: &[u8]) -> Result<Node> {
-    let mut r = Reader { buf: bytes };
-    let version = r.u8()?;
-    if version != VERSION {
-        return Err(Error::UnsupportedVersion(version));
-    }
-    let node = decode_node(&mut r, 0)?;
-    if !r.buf.is_empty() {
-        return Err(Error::TrailingBytes(r.buf.len()));
-    }
-    Ok(node)
+// ---------------------------------------------------------------------------------------------
+// Encoder
+
+struct Writer<'o> {
+    dict: &'static Dictionary,
+    out: &'o mut Vec<u8>,
 }
 
-struct Reader<'a> {
+impl Writer<'_> {
+    /// Writes a node's list header, tag, attributes and content header (bytes content in full;
+    /// children are written by the caller).
+    fn head(&mut self, node: &Node) -> Result<()> {
+        let has_content = !matches!(node.content, Content::Empty);
+        let n = node
+            .attrs
+            .len()
+            .checked_mul(2)
+            .and_then(|a| a.checked_add(1 + usize::from(has_content)))
+            .ok_or(Error::FieldTooLong { len: node.attrs.len(), max: usize::from(u16::MAX) })?;
+        self.list(n)?;
+        self.string(&node.tag, true)?;
+        for (k, v) in &node.attrs {
+            self.string(k, true)?;
+            self.string(v, true)?;
+        }
+        match &node.content {
+            Content::Empty => {}
+            Content::Nodes(children) => self.list(children.len())?,
+            Content::Bytes(b) => self.bin(b)?,
+        }
+        Ok(())
+    }
+
+    fn list(&mut self, n: usize) -> Result<()> {
+        if n <= 15 {
+            self.out.push(LIST_SHORT + n as u8);
+        } else if let Ok(n) = u8::try_from(n) {
+            self.out.extend_from_slice(&[LIST_8, n]);
+        } else if let Ok(n) = u16::try_from(n) {
+            self.out.push(LIST_16);
+            self.out.extend_from_slice(&n.to_be_bytes());
+        } else {
+            return Err(Error::FieldTooLong { len: n, max: usize::from(u16::MAX) });
+        }
+        Ok(())
+    }
+
+    fn bin(&mut self, b: &[u8]) -> Result<()> {
+        if let Ok(n) = u8::try_from(b.len()) {
+            self.out.extend_from_slice(&[BIN_8, n]);
+        } else if let Ok(n) = u16::try_from(b.len()) {
+            self.out.push(BIN_16);
+            self.out.extend_from_slice(&n.to_be_bytes());
+        } else if let Ok(n) = u32::try_from(b.len()) {
+            self.out.push(BIN_32);
+            self.out.extend_from_slice(&n.to_be_bytes());
+        } else {
+            return Err(Error::FieldTooLong { len: b.len(), max: u32::MAX as usize });
+        }
+        self.out.extend_from_slice(b);
+        Ok(())
+    }
+
+    fn string(&mut self, s: &str, allow_addr: bool) -> Result<()> {
+        match self.dict.token(s) {
+            Some(Token::Page0(b)) => {
+                self.out.push(b);
+                return Ok(());
+            }
+            Some(Token::Page1(b)) => {
+                self.out.extend_from_slice(&[PAGE1, b]);
+                return Ok(());
+            }
+            None => {}
+        }
+        let b = s.as_bytes();
+        if (1..=254).contains(&b.len()) {
+            if b.iter().all(|&c| nibble_of(c).is_some()) {
+                self.packed(NIBBLE, b, nibble_of, 0xF);
+                return Ok(());
+            }
+            if b.iter().all(|&c| hex_of(c).is_some()) {
+                self.packed(HEX, b, hex_of, 0);
+                return Ok(());
+            }
+        }
+        if allow_addr
+            && let Some(a) = Address::parse(s)
+            && self.dict.token(a.server).is_some()
+        {
+            let flags = u8::from(a.integrator.is_some()) | (u8::from(a.device.is_some()) << 1);
+            self.out.extend_from_slice(&[ADDR, flags]);
+            for n in [a.integrator, a.device].into_iter().flatten() {
+                put_varint(n, self.out);
+            }
+            self.string(a.user, false)?;
+            return self.string(a.server, false);
+        }
+        self.bin(b)
+    }
+
+    fn packed(&mut self, marker: u8, s: &[u8], map: fn(u8) -> Option<u8>, pad: u8) {
+        let odd = s.len() % 2;
+        let count = s.len().div_ceil(2);
+        self.out.extend_from_slice(&[marker, ((odd as u8) << 7) | count as u8]);
+        for pair in s.chunks(2) {
+            let hi = map(pair[0]).expect("checked by the caller");
+            let lo = match pair.get(1) {
+                Some(&c) => map(c).expect("checked by the caller"),
+                None => pad,
+            };
+            self.out.push((hi << 4) | lo);
+        }
+    }
+}
+
+fn nibble_of(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'-' => Some(0xA),
+        b'.' => Some(0xB),
+        _ => None,
+    }
+}
+
+fn nibble_char(n: u8) -> Option<char> {
+    match n {
+        0..=9 => Some(char::from(b'0' + n)),
+        0xA => Some('-'),
+        0xB => Some('.'),
+        _ => None,
+    }
+}
+
+fn hex_of(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_char(n: u8) -> Option<char> {
+    char::from_digit(u32::from(n), 16)
+}
+
+fn put_varint(mut n: u32, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7F) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A parsed `user[.integrator][:device]@server` address, as the codec packs it.
+#[derive(Debug, PartialEq, Eq)]
+struct Address<'a> {
+    user: &'a str,
+    integrator: Option<u32>,
+    device: Option<u32>,
+    server: &'a str,
+}
+
+impl<'a> Address<'a> {
+    /// Parses `s` if it has the address shape with shortest-form decimal numbers, so that
+    /// formatting the parts gives `s` back exactly.
+    fn parse(s: &'a str) -> Option<Self> {
+        let (local, server) = s.rsplit_once('@')?;
+        let (rest, device) = match local.rsplit_once(':') {
+            Some((rest, d)) if let Some(d) = canonical_u32(d) => (rest, Some(d)),
+            _ => (local, None),
+        };
+        let (user, integrator) = match rest.rsplit_once('.') {
+            Some((user, i)) if let Some(i) = canonical_u32(i) => (user, Some(i)),
+            _ => (rest, None),
+        };
+        if user.is_empty() || server.is_empty() {
+            return None;
+        }
+        Some(Self { user, integrator, device, server })
+    }
+}
+
+fn canonical_u32(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    if s.len() > 1 && s.starts_with('0') {
+        return None;
+    }
+    s.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder
+
+/// Where a decoding stopped: a resumable state, so the stream decoder can wait for more bytes
+/// and continue at the last node boundary.
+#[derive(Debug, Default)]
+pub(crate) struct DecodeState {
+    /// Open parents: the node, its children so far, how many it declared.
+    stack: Vec<(Node, Vec<Node>, usize)>,
+    /// Offset of the next node head in the stanza's bytes.
+    pos: usize,
+    /// Decoded string and bytes content so far.
+    decoded: usize,
+    /// Nodes so far.
+    nodes: usize,
+    /// The input length needed before another attempt can progress.
+    pub(crate) need: usize,
+}
+
+enum Pending {
+    Complete,
+    Children(usize),
+}
+
+impl DecodeState {
+    /// Decodes node heads from `input` (the stanza's bytes from its first byte, possibly
+    /// followed by more). Returns the stanza and the bytes it used, or `None` when `input`
+    /// ends before the stanza does (call again with more input: decoding resumes at the last
+    /// complete node head).
+    pub(crate) fn advance(&mut self, codec: &Codec, input: &[u8]) -> Result<Option<(Node, usize)>> {
+        let max_depth = codec.max_depth();
+        loop {
+            let mut r = Reader {
+                dict: codec.dict,
+                limits: &codec.limits,
+                buf: input,
+                pos: self.pos,
+                decoded: self.decoded,
+                need: 0,
+            };
+            let (mut node, pending) = match read_head(&mut r) {
+                Ok(head) => head,
+                Err(Error::Truncated) => {
+                    self.need = r.need;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            self.pos = r.pos;
+            self.decoded = r.decoded;
+            self.nodes += 1;
+            if self.nodes > codec.limits.max_nodes {
+                return Err(Error::LimitExceeded {
+                    limit: "node count",
+                    max: codec.limits.max_nodes,
+                });
+            }
+            if let Pending::Children(m) = pending {
+                if self.stack.len() + 2 > max_depth {
+                    return Err(Error::TooDeep { max: max_depth });
+                }
+                // Every child takes at least two bytes: never reserve more than the input holds.
+                let cap = m.min(input.len().saturating_sub(self.pos) / 2);
+                self.stack.push((node, Vec::with_capacity(cap), m));
+                continue;
+            }
+            loop {
+                let Some((_, children, declared)) = self.stack.last_mut() else {
+                    return Ok(Some((node, self.pos)));
+                };
+                children.push(node);
+                if children.len() < *declared {
+                    break;
+                }
+                let (mut parent, children, _) = self.stack.pop().expect("last_mut was Some");
+                parent.content = Content::Nodes(children);
+                node = parent;
+            }
+        }
+    }
+}
+
+struct Reader<'a, 'l> {
+    dict: &'static Dictionary,
+    limits: &'l Limits,
     buf: &'a [u8],
+    pos: usize,
+    decoded: usize,
+    need: usize,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> Reader<'a, '_> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.buf.len() < n {
+        let max = self.limits.max_size;
+        let end = self.pos.checked_add(n).filter(|&e| e <= max);
+        let Some(end) = end else {
+            return Err(Error::LimitExceeded { limit: "stanza size", max });
+        };
+        let Some(head) = self.buf.get(self.pos..end) else {
+            self.need = end;
             return Err(Error::Truncated);
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
+        };
+        self.pos = end;
         Ok(head)
     }
+
     fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
+
     fn u16(&mut self) -> Result<u16> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<usize> {
+
+    fn u32(&mut self) -> Result<u32> {
         let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn bytes(&mut self) -> Result<&'a [u8]> {
-        let n = self.u32()?;
-        self.take(n)
-    }
-    fn string(&mut self) -> Result<String> {
-        let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| Error::InvalidUtf8)
-    }
-}
 
-fn decode_node(r: &mut Reader<'_>, depth: usize) -> Result<Node> {
-    if depth >= MAX_DEPTH {
-        return Err(Error::TooDeep { max: MAX_DEPTH });
-    }
-    let tag = r.string()?;
-    let n = r.u16()?;
-    let mut attrs = Vec::with_capacity(usize::from(n).min(r.buf.len() / 8));
-    for _ in 0..n {
-        attrs.push((r.string()?, r.string()?));
-    }
-    let content = match r.u8()? {
-        0 => Content::Empty,
-        1 => {
-            let count = r.u32()?;
-            // Each child takes at least 7 bytes: never reserve more than the input can hold.
-            let mut children = Vec::with_capacity(count.min(r.buf.len() / 7));
-            for _ in 0..count {
-                children.push(decode_node(r, depth + 1)?);
+    fn spend(&mut self, n: usize) -> Result<()> {
+        let max = self.limits.max_size;
+        match self.decoded.checked_add(n).filter(|&d| d <= max) {
+            Some(d) => {
+                self.decoded = d;
+                Ok(())
             }
-            Content::Nodes(children)
+            None => Err(Error::LimitExceeded { limit: "decoded size", max }),
         }
-        2 => Content::Bytes(r.bytes()?.to_vec()),
-        other => return Err(Error::UnknownToken(other)),
-    };
-    Ok(Node { tag, attrs, content })
-}
+    }
 
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
+    fn varint(&mut self) -> Result<u32> {
+        let mut n: u32 = 0;
+        for i in 0..5 {
+            let b = self.u8()?;
+            if i == 4 && b > 0x0F {
+                return Err(Error::InvalidPacked { what: "varint" });
+            }
+            n |= u32::from(b & 0x7F) << (7 * i);
+            if b & 0x80 == 0 {
+                if i > 0 && b == 0 {
+                    return Err(Error::InvalidPacked { what: "varint" });
+                }
+                return Ok(n);
+            }
+        }
+        Err(Error::InvalidPacked { what: "varint" })
+    }
 
-    use super::*;
-
-    fn arb_node() -> impl Strategy<Value = Node> {
-        let leaf = (
-            "[a-z]{1,8}",
-            proptest::collection::vec(("[a-z]{1,4}", "[ -~]{0,8}"), 0..3),
-            prop_oneof![
-                Just(Content::Empty),
-                proptest::collection::vec(any::<u8>(), 0..32).prop_map(Content::Bytes),
-            ],
-        )
-            .prop_map(|(tag, attrs, content)| Node { tag, attrs, content });
-        leaf.prop_recursive(4, 32, 4, |inner| {
-            ("[a-z]{1,8}", proptest::collection::vec(inner, 0..4))
-                .prop_map(|(tag, children)| Node::new(tag).with_children(children))
+    /// A list header's count, if `b` starts one.
+    fn list_len(&mut self, b: u8) -> Result<Option<usize>> {
+        Ok(match b {
+            LIST_SHORT..=0xDF => Some(usize::from(b - LIST_SHORT)),
+            LIST_8 => Some(usize::from(self.u8()?)),
+            LIST_16 => Some(usize::from(self.u16()?)),
+            _ => None,
         })
     }
 
-    proptest! {
-        #[test]
-        fn round_trip(node in arb_node()) {
-            prop_assert_eq!(decode(&encode(&node).unwrap()).unwrap(), node);
-        }
+    /// Raw bytes after a `BIN_*` marker `b`, if `b` is one.
+    fn bin(&mut self, b: u8) -> Result<Option<&'a [u8]>> {
+        let len = match b {
+            BIN_8 => usize::from(self.u8()?),
+            BIN_16 => usize::from(self.u16()?),
+            BIN_32 => self.u32()? as usize,
+            _ => return Ok(None),
+        };
+        let bytes = self.take(len)?;
+        self.spend(len)?;
+        Ok(Some(bytes))
+    }
 
-        #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode(&bytes);
+    fn string(&mut self, allow_addr: bool) -> Result<String> {
+        let b = self.u8()?;
+        if let Some(bytes) = self.bin(b)? {
+            return String::from_utf8(bytes.to_vec()).map_err(|_| Error::InvalidUtf8);
+        }
+        match b {
+            0x01..=0xCF => {
+                let s = self.dict.page0_str(b).ok_or(Error::UnknownToken { page: 0, token: b })?;
+                self.spend(s.len())?;
+                Ok(s.to_owned())
+            }
+            PAGE1 => {
+                let i = self.u8()?;
+                let s = self.dict.page1_str(i).ok_or(Error::UnknownToken { page: 1, token: i })?;
+                self.spend(s.len())?;
+                Ok(s.to_owned())
+            }
+            NIBBLE => self.packed("nibble string", nibble_char, 0xF),
+            HEX => self.packed("hex string", hex_char, 0),
+            ADDR if allow_addr => self.address(),
+            ADDR => Err(Error::UnexpectedItem { expected: "a string that is not an address" }),
+            LIST_SHORT..=0xDF | LIST_8 | LIST_16 => {
+                Err(Error::UnexpectedItem { expected: "a string" })
+            }
+            _ => Err(Error::UnknownToken { page: 0, token: b }),
         }
     }
 
-    #[test]
-    fn deep_nesting_is_an_error_not_a_crash() {
-        let mut n = Node::new("x");
-        for _ in 0..(MAX_DEPTH + 1) {
-            n = Node::new("x").with_children(vec![n]);
+    fn packed(
+        &mut self,
+        what: &'static str,
+        map: fn(u8) -> Option<char>,
+        pad: u8,
+    ) -> Result<String> {
+        let h = self.u8()?;
+        let odd = h & 0x80 != 0;
+        let count = usize::from(h & 0x7F);
+        if count == 0 {
+            return Err(Error::InvalidPacked { what });
         }
-        assert_eq!(decode(&encode(&n).unwrap()), Err(Error::TooDeep { max: MAX_DEPTH }));
+        let bytes = self.take(count)?;
+        let len = count * 2 - usize::from(odd);
+        self.spend(len)?;
+        let mut s = String::with_capacity(len);
+        for (i, &byte) in bytes.iter().enumerate() {
+            s.push(map(byte >> 4).ok_or(Error::InvalidPacked { what })?);
+            let lo = byte & 0xF;
+            if odd && i + 1 == count {
+                if lo != pad {
+                    return Err(Error::InvalidPacked { what });
+                }
+            } else {
+                s.push(map(lo).ok_or(Error::InvalidPacked { what })?);
+            }
+        }
+        Ok(s)
     }
 
-    #[test]
-    fn huge_declared_counts_do_not_allocate() {
-        // tag "a", no attrs, children with count u32::MAX and nothing after.
-        let wire = [0, 0, 0, 0, 1, b'a', 0, 0, 1, 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(decode(&wire), Err(Error::Truncated));
+    fn address(&mut self) -> Result<String> {
+        const WHAT: &str = "address";
+        let flags = self.u8()?;
+        if flags & !0b11 != 0 {
+            return Err(Error::InvalidPacked { what: WHAT });
+        }
+        let integrator = if flags & 1 != 0 { Some(self.varint()?) } else { None };
+        let device = if flags & 2 != 0 { Some(self.varint()?) } else { None };
+        let user = self.string(false)?;
+        let server = self.string(false)?;
+        if user.is_empty() || server.is_empty() {
+            return Err(Error::InvalidPacked { what: WHAT });
+        }
+        let user_len = user.len();
+        let mut s = user;
+        if let Some(i) = integrator {
+            s.push('.');
+            s.push_str(&i.to_string());
+        }
+        if let Some(d) = device {
+            s.push(':');
+            s.push_str(&d.to_string());
+        }
+        s.push('@');
+        // The user and server were counted already; count the separators and digits.
+        self.spend(s.len() - user_len)?;
+        s.push_str(&server);
+        Ok(s)
     }
 }
+
+/// Reads a node's head: its list header, tag, attributes and content header (bytes content in
+/// full). On error the reader's position is meaningless; the caller restarts at the head.
+fn read_head(r: &mut Reader<'_, '_>) -> Result<(Node, Pending)> {
+    let b = r.u8()?;
+    let n = match r.list_len(b)? {
+        Some(0) => return Err(Error::UnexpectedItem { expected: "a node (a non-empty list)" }),
+        Some(n) => n,
+        None if matches!(b, 0x00 | 0xE0..=0xEF | 0xF9..=0xFF) => {
+            return Err(Error::UnknownToken { page: 0, token: b });
+        }
+        None => return Err(Error::UnexpectedItem { expected: "a node (a list header)" }),
+    };
+    let tag = r.string(true)?;
+    let n_attrs = (n - 1) / 2;
+    if n_attrs > r.limits.max_attrs {
+        return Err(Error::LimitExceeded { limit: "attribute count", max: r.limits.max_attrs });
+    }
+    let mut attrs: Vec<(String, String)> = Vec::with_capacity(n_attrs);
+    for _ in 0..n_attrs {
+        let name = r.string(true)?;
+        if attrs.iter().any(|(k, _)| *k == name) {
+            return Err(Error::DuplicateAttribute);
+        }
+        let value = r.string(true)?;
+        attrs.push((name, value));
+    }
+    let mut pending = Pending::Complete;
+    let content = if n % 2 == 0 {
+        let b = r.u8()?;
+        if let Some(m) = r.list_len(b)? {
+            if m == 0 {
+                Content::Nodes(Vec::new())
+            } else {
+                pending = Pending::Children(m);
+                Content::Empty
+            }
+        } else if let Some(bytes) = r.bin(b)? {
+            Content::Bytes(bytes.to_vec())
+        } else if matches!(b, 0x00 | 0xE0..=0xEF | 0xF9..=0xFF) {
+            return Err(Error::UnknownToken { page: 0, token: b });
+        } else {
+            return Err(Error::UnexpectedItem { expected: "children or bytes" });
+        }
+    } else {
+        Content::Empty
+    };
+    Ok((Node { tag, attrs, content }, pending))
+}
+
+/// The dictionary version [`encode`] and [`decode`] use.
+pub const VERSION: u8 = DICTIONARY_VERSION;
+
+#[cfg(test)]
+mod tests;
