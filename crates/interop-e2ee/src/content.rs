@@ -55,7 +55,7 @@ pub fn seal<R: Rng + CryptoRng>(mut transport: proto::Transport, rng: &mut R) ->
         }
         let found = (1..=3).find_map(|vlen| {
             let p = total.checked_sub(base + 1 + vlen)?;
-            (varint_len(p) == vlen).then_some(p)
+            (p > 0 && varint_len(p) == vlen).then_some(p)
         });
         match found {
             Some(p) => break p,
@@ -263,7 +263,7 @@ mod tests {
     fn padding_lands_on_blocks_for_every_length() {
         let mut rng = rand::rng();
         for n in 0..2000 {
-            let t = proto::Transport {
+            let mut t = proto::Transport {
                 message: Some(proto::Message {
                     id: "x".repeat(n % 40),
                     content: Some(ProtoContent::Text(proto::Text { body: "a".repeat(n) })),
@@ -271,11 +271,32 @@ mod tests {
                 }),
                 ..Default::default()
             };
+            if n % 7 == 0 {
+                // Lengths that land 1 or 2 bytes short of a block.
+                t.sender_key_distribution = vec![1; n % 5].into();
+                t.distribution_id = vec![2; n % 3].into();
+            }
             let bytes = seal(t.clone(), &mut rng);
             assert_eq!(bytes.len() % PADDING_BLOCK, 0, "length {n}");
             assert!(bytes.len() >= t.encoded_len());
-            let back = open(&bytes).unwrap();
+            let mut back = proto::Transport::decode(bytes.as_slice()).unwrap();
+            back.padding = Default::default();
             assert_eq!(back, t);
+        }
+    }
+
+    #[test]
+    fn padding_hits_every_residue() {
+        let mut rng = rand::rng();
+        for n in 1..2 * PADDING_BLOCK {
+            let t = proto::Transport {
+                sender_key_distribution: vec![1; n].into(),
+                distribution_id: vec![2; 16].into(),
+                ..Default::default()
+            };
+            let bytes = seal(t.clone(), &mut rng);
+            assert_eq!(bytes.len() % PADDING_BLOCK, 0, "length {n}");
+            assert_eq!(open(&bytes).unwrap(), t);
         }
     }
 
