@@ -27,6 +27,9 @@ pub enum Error {
     /// Configuration or a file in the data directory is wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// The request is not allowed (the reason is a fixed phrase, never user data).
+    #[error("refused: {0}")]
+    Refused(&'static str),
     /// The database failed or refused an operation (no message content in the text).
     #[error("storage: {0}")]
     Storage(String),

@@ -11,7 +11,13 @@
 //!   returns a device's copies in submission order.
 //! - Per-device queues are capped ([`SubmitOutcome::QueueFull`]) and copies expire.
 
+mod accounts;
 pub mod sqlite;
+
+pub use accounts::{
+    AccountKind, AccountStore, Bundle, Enlisted, Identity, NewDevice, PrekeyCounts, PrekeyUpload,
+    SignedPrekey, UploadedPrekey,
+};
 
 use std::future::Future;
 
@@ -169,23 +175,23 @@ pub(crate) mod suite {
         let alice2 = DeviceAddress::new("a", 2);
         let bob = DeviceAddress::new("b", 1);
         assert!(matches!(
-            store.submit(sub(&alice, "x", &[bob.clone()]), 0).await.unwrap(),
+            store.submit(sub(&alice, "x", std::slice::from_ref(&bob)), 0).await.unwrap(),
             SubmitOutcome::Stored(_)
         ));
         assert_eq!(
-            store.submit(sub(&alice, "x", &[bob.clone()]), 1).await.unwrap(),
+            store.submit(sub(&alice, "x", std::slice::from_ref(&bob)), 1).await.unwrap(),
             SubmitOutcome::Duplicate
         );
         // Still a duplicate after the recipient acked it: the sender may retry late.
         let seq = store.pending(&bob, 0, 10).await.unwrap()[0].seq;
         assert!(store.ack(&bob, seq).await.unwrap());
         assert_eq!(
-            store.submit(sub(&alice, "x", &[bob.clone()]), 2).await.unwrap(),
+            store.submit(sub(&alice, "x", std::slice::from_ref(&bob)), 2).await.unwrap(),
             SubmitOutcome::Duplicate
         );
         // The same id from another device of the same account is another message.
         assert!(matches!(
-            store.submit(sub(&alice2, "x", &[bob.clone()]), 3).await.unwrap(),
+            store.submit(sub(&alice2, "x", std::slice::from_ref(&bob)), 3).await.unwrap(),
             SubmitOutcome::Stored(_)
         ));
         assert_eq!(store.depth(&bob).await.unwrap(), 1);
@@ -196,7 +202,10 @@ pub(crate) mod suite {
         let bob = DeviceAddress::new("b", 1);
         let carol = DeviceAddress::new("c", 1);
         for i in 0..cap {
-            let out = store.submit(sub(&alice, &format!("f{i}"), &[bob.clone()]), 0).await.unwrap();
+            let out = store
+                .submit(sub(&alice, &format!("f{i}"), std::slice::from_ref(&bob)), 0)
+                .await
+                .unwrap();
             assert!(matches!(out, SubmitOutcome::Stored(_)));
         }
         let out =
@@ -215,9 +224,9 @@ pub(crate) mod suite {
     pub async fn expiry_drops_old_copies(store: &impl MessageStore) {
         let alice = DeviceAddress::new("a", 1);
         let bob = DeviceAddress::new("b", 1);
-        let mut early = sub(&alice, "early", &[bob.clone()]);
+        let mut early = sub(&alice, "early", std::slice::from_ref(&bob));
         early.expires_at_ms = 100;
-        let mut late = sub(&alice, "late", &[bob.clone()]);
+        let mut late = sub(&alice, "late", std::slice::from_ref(&bob));
         late.expires_at_ms = 1_000;
         store.submit(early, 0).await.unwrap();
         store.submit(late, 0).await.unwrap();

@@ -17,6 +17,8 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+mod accounts;
+
 use super::{DeviceAddress, MessageStore, QueueLimits, Queued, Submission, SubmitOutcome};
 use crate::{Error, Result};
 
@@ -24,9 +26,10 @@ use crate::{Error, Result};
 const MAX_BATCH: usize = 512;
 
 /// Versioned schema migrations, applied in order at start-up. Never edit an applied one: add.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE queue (
     seq               INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient_account TEXT    NOT NULL,
@@ -66,7 +69,59 @@ CREATE TABLE submitted (
 ) WITHOUT ROWID;
 CREATE INDEX submitted_by_time ON submitted (submitted_at_ms);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE accounts (
+    id            TEXT    PRIMARY KEY,
+    kind          TEXT    NOT NULL,
+    issuer        TEXT    NOT NULL,
+    subject       TEXT    NOT NULL,
+    opted_in      INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    UNIQUE (kind, issuer, subject)
+);
+CREATE TABLE devices (
+    account_id      TEXT    NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    device_id       INTEGER NOT NULL,
+    noise_key       BLOB    NOT NULL UNIQUE,
+    registration_id INTEGER NOT NULL,
+    identity_key    BLOB    NOT NULL,
+    push_token      TEXT,
+    created_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (account_id, device_id)
+);
+-- kind: 'ec' (the signed EC prekey) or 'kyber-last-resort'
+CREATE TABLE signed_prekeys (
+    account_id TEXT    NOT NULL,
+    device_id  INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    key_id     INTEGER NOT NULL,
+    public_key BLOB    NOT NULL,
+    signature  BLOB    NOT NULL,
+    PRIMARY KEY (account_id, device_id, kind),
+    FOREIGN KEY (account_id, device_id) REFERENCES devices (account_id, device_id) ON DELETE CASCADE
+);
+-- kind: 'ec' or 'kyber'; signature only for kyber
+CREATE TABLE one_time_prekeys (
+    account_id TEXT    NOT NULL,
+    device_id  INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    key_id     INTEGER NOT NULL,
+    public_key BLOB    NOT NULL,
+    signature  BLOB,
+    PRIMARY KEY (account_id, device_id, kind, key_id),
+    FOREIGN KEY (account_id, device_id) REFERENCES devices (account_id, device_id) ON DELETE CASCADE
+);
+CREATE TABLE blocks (
+    blocker TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    blocked TEXT NOT NULL,
+    PRIMARY KEY (blocker, blocked)
+) WITHOUT ROWID;
+"#,
+    ),
+];
 
 fn storage(e: sqlx::Error) -> Error {
     Error::Storage(e.to_string())
@@ -76,6 +131,8 @@ fn storage(e: sqlx::Error) -> Error {
 #[derive(Debug)]
 pub struct SqliteStore {
     reads: SqlitePool,
+    /// One connection for directory writes (accounts, prekeys); queue writes use the committer.
+    writes: SqlitePool,
     ops: mpsc::Sender<Op>,
     commits: Arc<AtomicU64>,
 }
@@ -101,6 +158,11 @@ impl SqliteStore {
             .foreign_keys(true);
         let mut writer = SqliteConnection::connect_with(&options).await.map_err(storage)?;
         migrate(&mut writer).await?;
+        let writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(storage)?;
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -109,7 +171,7 @@ impl SqliteStore {
         let (ops, rx) = mpsc::channel(4 * MAX_BATCH);
         let commits = Arc::new(AtomicU64::new(0));
         tokio::spawn(committer(writer, rx, limits, Arc::clone(&commits)));
-        Ok(Self { reads, ops, commits })
+        Ok(Self { reads, writes, ops, commits })
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
@@ -155,13 +217,13 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
         .await
         .map_err(storage)?
         .get("v");
-    if let Some(&(newest, _)) = MIGRATIONS.last() {
-        if current > newest {
-            return Err(Error::Config(format!(
-                "the database has schema version {current}, newer than this build knows ({newest}); \
-                 run a newer interop-server"
-            )));
-        }
+    if let Some(&(newest, _)) = MIGRATIONS.last()
+        && current > newest
+    {
+        return Err(Error::Config(format!(
+            "the database has schema version {current}, newer than this build knows ({newest}); \
+             run a newer interop-server"
+        )));
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let mut tx = conn.begin().await.map_err(storage)?;
@@ -222,7 +284,7 @@ enum Reply {
 async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Op>, limits: &QueueLimits) {
     let mut replies = Vec::with_capacity(batch.len());
     let result: std::result::Result<(), sqlx::Error> = async {
-        let mut tx = conn.begin().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         for op in batch.drain(..) {
             match op {
                 Op::Submit(s, now, reply) => {
