@@ -20,14 +20,8 @@ pub struct ProtoSet {
 
 /// Every proto set in the workspace. Paths of `files` are relative to `proto/`.
 pub const PROTO_SETS: &[ProtoSet] = &[
-    ProtoSet {
-        files: &["interop/handshake.proto"],
-        out_dir: "crates/interop-noise/src/generated",
-    },
-    ProtoSet {
-        files: &["interop/content.proto"],
-        out_dir: "crates/interop-e2ee/src/generated",
-    },
+    ProtoSet { files: &["interop/handshake.proto"], out_dir: "crates/interop-noise/src/generated" },
+    ProtoSet { files: &["interop/content.proto"], out_dir: "crates/interop-e2ee/src/generated" },
 ];
 
 pub fn run(check: bool) -> Result<()> {

@@ -2,6 +2,8 @@
 //! random interleaving, drops, duplicates, reorders, restarts, crashes before commit and bad
 //! input. Every delivered message decrypts exactly once; duplicates are reported as such.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::HashSet;
 
 use futures::executor::block_on;
