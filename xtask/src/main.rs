@@ -6,6 +6,7 @@
 
 mod codegen;
 mod e2e;
+mod services;
 mod util;
 
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ commands:
   codegen [--check]          regenerate Rust from proto/ (protox, no protoc needed)
   clippy                     cargo clippy on the whole workspace, warnings are errors
   bench [-p CRATE] [-- ARGS] criterion benches (all, or one crate's)
+  services up|down|status    PostgreSQL 15 + Redis on loopback (scratch dir, no systemd)
   cargo ARGS...              any cargo command, with PROTOC set
   protoc-path                print the vendored protoc path (export PROTOC=$(cargo xtask protoc-path))
 ";
@@ -87,6 +89,7 @@ fn run(args: &[String]) -> Result<()> {
             e2e::run(&opts)
         }
         "ci" => ci(),
+        "services" => services::run(rest),
         "cargo" => {
             let refs: Vec<&str> = rest.iter().map(String::as_str).collect();
             cargo(&refs).status_checked()
