@@ -91,6 +91,7 @@ pub struct World {
     pub registry: Registry,
     pub providers: Vec<FakeProvider>,
     pub fetches: Vec<FetchRequest>,
+    pub problems: Vec<FetchProblem>,
 }
 
 impl World {
@@ -102,6 +103,7 @@ impl World {
             registry: Registry::new(GatekeeperConfig::new(AUD)),
             providers: vec![FakeProvider::new(ISSUER, key)],
             fetches: vec![],
+            problems: vec![],
         };
         let mut entry = ProviderEntry::new(
             ISSUER,
@@ -146,8 +148,12 @@ impl World {
                 .expect("fetch for a known provider");
             let result = p.answer(&req, self.now);
             self.fetches.push(req.clone());
-            let _ =
-                self.registry.handle_fetch(self.now, FetchResponse { ticket: req.ticket, result });
+            let response = FetchResponse { ticket: req.ticket, result };
+            match self.registry.handle_fetch(self.now, response) {
+                Ok(()) => {}
+                Err(Error::BadProviderDocument(p)) => self.problems.push(p),
+                Err(e) => panic!("unexpected {e:?}"),
+            }
             n += 1;
             assert!(n < 100, "fetch loop");
         }
