@@ -107,3 +107,102 @@ impl StreamDecoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::binary;
+    use crate::testutil::arb_node;
+
+    /// Feeds `wire` split at `cuts`; returns the stanzas and the first error.
+    fn feed(wire: &[u8], cuts: &[usize]) -> (Vec<Node>, Result<()>) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut d = StreamDecoder::default();
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for end in cuts.into_iter().chain([wire.len()]) {
+            d.push(&wire[prev..end]);
+            prev = end;
+            loop {
+                match d.next_stanza() {
+                    Ok(Some(n)) => out.push(n),
+                    Ok(None) => break,
+                    Err(e) => return (out, Err(e)),
+                }
+            }
+        }
+        let end = d.finish();
+        (out, end)
+    }
+
+    proptest! {
+        #[test]
+        fn chunking_does_not_change_the_result(
+            nodes in proptest::collection::vec(arb_node(), 1..4),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut wire = Vec::new();
+            for n in &nodes {
+                wire.extend(binary::encode(n)?);
+            }
+            let (got, end) = feed(&wire, &cuts);
+            prop_assert_eq!(end, Ok(()));
+            prop_assert_eq!(got, nodes);
+        }
+
+        #[test]
+        fn errors_do_not_depend_on_chunking(
+            nodes in proptest::collection::vec(arb_node(), 1..3),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut wire = Vec::new();
+            for n in &nodes {
+                wire.extend(binary::encode(n)?);
+            }
+            let i = at.index(wire.len());
+            wire[i] = byte;
+            prop_assert_eq!(feed(&wire, &cuts), feed(&wire, &[]));
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_and_partial_end() {
+        let n = Node::new("iq").with_attr("id", "7").with_children(vec![Node::new("count")]);
+        let wire = binary::encode(&n).expect("encodable");
+        let mut d = StreamDecoder::default();
+        for b in &wire[..wire.len() - 1] {
+            d.push(&[*b]);
+            assert_eq!(d.next_stanza(), Ok(None));
+        }
+        assert_eq!(d.finish(), Err(Error::Truncated));
+        d.push(&wire[wire.len() - 1..]);
+        assert_eq!(d.next_stanza(), Ok(Some(n)));
+        assert_eq!(d.next_stanza(), Ok(None));
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.finish(), Ok(()));
+    }
+
+    #[test]
+    fn an_error_poisons_the_decoder() {
+        let mut d = StreamDecoder::default();
+        d.push(&[0xFF]);
+        assert_eq!(d.next_stanza(), Err(Error::UnknownToken { page: 0, token: 0xFF }));
+        d.push(&binary::encode(&Node::new("ack")).expect("encodable"));
+        assert_eq!(d.next_stanza(), Err(Error::UnknownToken { page: 0, token: 0xFF }));
+    }
+
+    #[test]
+    fn a_declared_length_beyond_the_limit_fails_before_the_bytes_arrive() {
+        let mut d = StreamDecoder::new(binary::Codec::default());
+        d.push(&[0xD2, 0x01, binary::BIN_32, 0x7F, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(
+            d.next_stanza(),
+            Err(Error::LimitExceeded { limit: "stanza size", max: 1 << 20 })
+        );
+    }
+}

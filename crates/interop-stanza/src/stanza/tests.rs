@@ -1,1 +1,104 @@
+use super::*;
+use crate::xml;
 
+fn node(text: &str) -> Node {
+    xml::from_str(text).expect("valid XML")
+}
+
+#[test]
+fn unknown_attributes_and_children_round_trip() {
+    let cases = [
+        r#"<message id="1" to="2001@s.interop" type="text" future="x"><enc v="2" type="msg" k="v">AQI=</enc><participants><to jid="a@s.interop" z="1"><enc v="3" type="pkmsg">AQ==</enc></to></participants><reaction emoji="+1"/></message>"#,
+        r#"<receipt id="1" type="read" fresh="yes"><list><item id="2"/></list><extra/></receipt>"#,
+        r#"<ack id="1" class="receipt" type="read" from="x@s.interop" unknown="1"/>"#,
+        r#"<iq id="1" type="get" xmlns="encrypt" more="1"><count/><other a="b"/></iq>"#,
+        r#"<iq id="1" type="set" xmlns="somethingnew"><thing><x/></thing></iq>"#,
+        r#"<presence type="available" status="busy"><note>aGk=</note></presence>"#,
+        r#"<chatstate from="x@s.interop" new="1"><paused/></chatstate>"#,
+        r#"<notification id="1" type="encrypt" x="y"><count value="3"/></notification>"#,
+        r#"<stream:error condition="conflict" host="b"><extra/></stream:error>"#,
+        r#"<iq id="9" type="error" xmlns="devices"><error type="wait" condition="resource-constraint" text="slow" retry="5"/></iq>"#,
+        r#"<unknown a="1"/>"#,
+    ];
+    for text in cases {
+        let n = node(text);
+        let typed = Stanza::from_node(n.clone()).expect(text);
+        assert_eq!(typed.into_node(), n, "{text}");
+    }
+}
+
+#[test]
+fn parse_errors_name_what_is_wrong() {
+    let cases: &[(&str, Error)] = &[
+        (r#"<message type="text"/>"#, Error::MissingAttribute("id")),
+        (r#"<message id="1" type="sms"/>"#, Error::InvalidAttribute("type")),
+        (r#"<message id="1" type="text" t="01"/>"#, Error::InvalidAttribute("t")),
+        (
+            r#"<message id="1" type="text"><enc v="2" type="msg"/></message>"#,
+            Error::MissingChild("enc ciphertext"),
+        ),
+        (
+            r#"<message id="1" type="text"><enc v="2" type="rsa">AA==</enc></message>"#,
+            Error::InvalidAttribute("type"),
+        ),
+        (r#"<receipt id="1" type="delivery"/>"#, Error::InvalidAttribute("type")),
+        (r#"<ack id="1" class="presence"/>"#, Error::InvalidAttribute("class")),
+        (r#"<iq id="1" type="put"/>"#, Error::InvalidAttribute("type")),
+        (r#"<iq id="1" type="error"/>"#, Error::MissingChild("error")),
+        (
+            r#"<iq id="1" type="error"><error type="cancel" condition="oops"/></iq>"#,
+            Error::InvalidAttribute("condition"),
+        ),
+        (
+            r#"<iq id="1" type="result" xmlns="encrypt"><count value="-1"/></iq>"#,
+            Error::InvalidAttribute("value"),
+        ),
+        (
+            r#"<iq id="1" type="set" xmlns="encrypt"><identity>AA==</identity></iq>"#,
+            Error::MissingChild("registration"),
+        ),
+        (r#"<chatstate><composing/><paused/></chatstate>"#, Error::MissingChild("chatstate state")),
+        (r#"<stream:error condition="bad-request"/>"#, Error::InvalidAttribute("condition")),
+    ];
+    for (text, err) in cases {
+        assert_eq!(Stanza::from_node(node(text)).err().as_ref(), Some(err), "{text}");
+    }
+    assert_eq!(
+        Message::from_node(Node::new("ack")).err(),
+        Some(Error::UnexpectedTag { expected: "message" })
+    );
+}
+
+#[test]
+fn iq_answers_echo_the_request() {
+    let mut req = Iq::new("42", IqType::Get, Some("encrypt"), IqPayload::PrekeyCountRequest);
+    req.from = Some("2001:3@s.interop".into());
+    let ok = req.result(IqPayload::PrekeyCount(5));
+    assert_eq!(
+        (ok.id.as_str(), ok.kind, ok.xmlns.as_deref()),
+        ("42", IqType::Result, Some("encrypt"))
+    );
+    assert_eq!(ok.to.as_deref(), Some("2001:3@s.interop"));
+    let err = req.error(StanzaError::new(ErrorType::Cancel, Condition::FeatureNotImplemented));
+    assert_eq!(err.kind, IqType::Error);
+    assert_eq!(Iq::from_node(err.clone().into_node()), Ok(err));
+}
+
+#[test]
+fn receipts_list_every_id() {
+    let r = Receipt::new("a", ReceiptType::Read).with_ids(["b", "c"]);
+    assert_eq!(r.ids().collect::<Vec<_>>(), ["a", "b", "c"]);
+}
+
+#[test]
+fn every_condition_name_is_in_the_dictionary() {
+    let d = crate::dict::Dictionary::current();
+    for c in Condition::ALL {
+        assert!(d.token(c.as_str()).is_some(), "{c}");
+        assert_eq!(Condition::parse(c.as_str()), Some(*c));
+    }
+    for c in StreamCondition::ALL {
+        assert!(d.token(c.as_str()).is_some(), "{c}");
+        assert_eq!(StreamCondition::parse(c.as_str()), Some(*c));
+    }
+}
