@@ -12,6 +12,8 @@
 
 pub mod gatekeeper;
 pub mod keyfile;
+pub mod outbound;
+pub mod push;
 pub mod store;
 
 /// Errors of the server library.
