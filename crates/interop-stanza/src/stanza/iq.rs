@@ -18,7 +18,7 @@ string_enum! {
 }
 
 /// A one-time prekey: `<key id="7">public key</key>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key {
     /// Prekey id.
     pub id: u32,
@@ -42,7 +42,7 @@ impl Key {
 
 /// A signed prekey (`skey`) or Kyber prekey (`kyber`):
 /// `<skey id="1"><value>public key</value><signature>sig</signature></skey>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SignedKey {
     /// Prekey id.
     pub id: u32,
@@ -75,7 +75,7 @@ impl SignedKey {
 }
 
 /// The keys a device publishes (`iq type="set" xmlns="encrypt"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PrekeyUpload {
     /// Signal registration id.
     pub registration_id: u32,
@@ -90,7 +90,7 @@ pub struct PrekeyUpload {
 }
 
 /// One device's prekey bundle (`iq type="result" xmlns="encrypt"`, `list/user`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PrekeyBundle {
     /// The device address.
     pub jid: String,
@@ -107,7 +107,7 @@ pub struct PrekeyBundle {
 }
 
 /// One account's devices (`iq type="result" xmlns="devices"`, `list/user`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct DeviceList {
     /// The account address.
     pub jid: String,
@@ -116,7 +116,7 @@ pub struct DeviceList {
 }
 
 /// One contact lookup answer (`iq type="result" xmlns="contacts"`, `list/contact`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Contact {
     /// The user-visible identifier asked about.
     pub value: String,
@@ -125,14 +125,14 @@ pub struct Contact {
 }
 
 /// A media upload host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MediaHost {
     /// Host name to upload to.
     pub hostname: String,
 }
 
 /// Media upload info (`iq type="result" xmlns="media"`, `media_conn`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MediaUploadInfo {
     /// Upload authorisation token (secret: never logged).
     pub auth: String,
@@ -143,7 +143,7 @@ pub struct MediaUploadInfo {
 }
 
 /// What an `iq` carries, by (`type`, `xmlns`, child).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IqPayload {
     /// No child (a bare `result`, e.g. after a successful upload).
@@ -178,7 +178,7 @@ pub enum IqPayload {
 
 /// `<iq id type to|from xmlns>payload</iq>`. A result or error carries the request's `id`
 /// and `xmlns`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Iq {
     /// Request id, echoed by the answer.
     pub id: String,
@@ -530,4 +530,88 @@ fn users(nodes: Vec<Node>) -> Result<Vec<String>> {
             Ok(jid)
         })
         .collect()
+}
+
+// Redacting Debug: key material, registration ids, addresses, user-visible identifiers and
+// upload tokens never appear; sizes and counts do.
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key {{ id: {}, public: {} bytes }}", self.id, self.public.len())
+    }
+}
+
+impl std::fmt::Debug for SignedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SignedKey {{ id: {}, public: {} bytes }}", self.id, self.public.len())
+    }
+}
+
+impl std::fmt::Debug for PrekeyUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrekeyUpload")
+            .field("signed_prekey", &self.signed_prekey)
+            .field("kyber_prekeys", &self.kyber_prekeys.len())
+            .field("one_time_prekeys", &self.one_time_prekeys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PrekeyBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrekeyBundle")
+            .field("signed_prekey", &self.signed_prekey)
+            .field("kyber_prekey", &self.kyber_prekey)
+            .field("one_time_prekey", &self.one_time_prekey)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for DeviceList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceList {{ devices: {} }}", self.devices.len())
+    }
+}
+
+impl std::fmt::Debug for Contact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Contact {{ enlisted: {} }}", self.jid.is_some())
+    }
+}
+
+impl std::fmt::Debug for MediaHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A server's host name, not user data.
+        write!(f, "MediaHost({:?})", self.hostname)
+    }
+}
+
+impl std::fmt::Debug for MediaUploadInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaUploadInfo")
+            .field("ttl", &self.ttl)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for IqPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::PrekeyUpload(u) => f.debug_tuple("PrekeyUpload").field(u).finish(),
+            Self::PrekeyCountRequest => f.write_str("PrekeyCountRequest"),
+            Self::PrekeyCount(n) => f.debug_tuple("PrekeyCount").field(n).finish(),
+            Self::PrekeyFetch(j) => write!(f, "PrekeyFetch({} devices)", j.len()),
+            Self::PrekeyBundles(b) => f.debug_tuple("PrekeyBundles").field(b).finish(),
+            Self::DeviceListRequest(j) => write!(f, "DeviceListRequest({} accounts)", j.len()),
+            Self::DeviceLists(l) => f.debug_tuple("DeviceLists").field(l).finish(),
+            Self::ContactLookup(v) => write!(f, "ContactLookup({} identifiers)", v.len()),
+            Self::Contacts(c) => f.debug_tuple("Contacts").field(c).finish(),
+            Self::MediaUploadInfoRequest => f.write_str("MediaUploadInfoRequest"),
+            Self::MediaUploadInfo(m) => f.debug_tuple("MediaUploadInfo").field(m).finish(),
+            Self::Error(e) => f.debug_tuple("Error").field(e).finish(),
+            Self::Other(n) => f.debug_tuple("Other").field(n).finish(),
+        }
+    }
 }

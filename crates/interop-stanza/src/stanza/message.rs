@@ -26,7 +26,7 @@ string_enum! {
 }
 
 /// One encrypted payload: `<enc v="2" type="msg" mediatype="image">ciphertext</enc>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Enc {
     /// Encryption version (`v`); 2 today.
     pub version: u32,
@@ -80,7 +80,7 @@ impl Enc {
 
 /// The payloads for one device when a message fans out to several:
 /// `<participants><to jid="bob.7:2@s.interop"><enc .../></to></participants>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Participant {
     /// The device address.
     pub jid: String,
@@ -116,7 +116,7 @@ impl Participant {
 ///
 /// A message to one device carries its `enc` directly; a message to several devices (the
 /// recipient's and the sender's other devices) carries one `participants/to` per device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Message {
     /// Unique per sender (lowercase hex by convention).
     pub id: String,
@@ -236,5 +236,11 @@ impl Message {
             extra_attrs: a.rest(),
             extra_children: children,
         })
+    }
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Participant").field(&self.clone().into_node()).finish()
     }
 }

@@ -19,7 +19,7 @@ string_enum! {
 ///
 /// Several messages are acknowledged at once with `id` (the first) and `list/item` (the rest).
 /// A delivery receipt has no `type` attribute.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The first (or only) message id.
     pub id: String,
@@ -157,7 +157,7 @@ string_enum! {
 
 /// `<ack id class type? to|from error?/>`: the receiver has durably stored the stanza (or, with
 /// `error`, refused it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Ack {
     /// The acknowledged stanza's id.
     pub id: String,
@@ -240,7 +240,7 @@ string_enum! {
 }
 
 /// `<presence type to|from last/>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Presence {
     /// The presence type.
     pub kind: PresenceType,
@@ -305,7 +305,7 @@ string_enum! {
 }
 
 /// `<chatstate to|from><composing/></chatstate>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ChatState {
     /// The chat partner.
     pub to: Option<String>,
@@ -358,7 +358,7 @@ impl ChatState {
 
 /// `<notification id type from t>...</notification>`: a server event (device list changed,
 /// prekeys low, account change). Children are kept as nodes: their meaning depends on `type`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Notification {
     /// Unique per sender; the client acks it.
     pub id: String,
@@ -412,7 +412,7 @@ impl Notification {
 }
 
 /// `<stream:error condition text?/>`: the server closes the connection after sending it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StreamError {
     /// The RFC 6120 stream error condition.
     pub condition: StreamCondition,

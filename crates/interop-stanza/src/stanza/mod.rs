@@ -188,7 +188,7 @@ string_enum! {
 
 /// A stanza error: `<error type="cancel" condition="item-not-found" text="..."/>`, the child
 /// of an `iq` of type `error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StanzaError {
     /// What the sender should do.
     pub kind: ErrorType,
@@ -227,7 +227,7 @@ impl StanzaError {
 }
 
 /// Any stanza, parsed by its tag. Tags this version does not know stay [`Stanza::Other`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Stanza {
     /// `message`
@@ -298,6 +298,30 @@ macro_rules! node_conversions {
         }
     )+};
 }
+/// `Debug` through the node form, which redacts identifiers and content (see [`Node`]).
+macro_rules! debug_via_node {
+    ($($t:ident),+) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_tuple(stringify!($t)).field(&self.clone().into_node()).finish()
+            }
+        }
+    )+};
+}
+debug_via_node!(
+    Message,
+    Enc,
+    Receipt,
+    Ack,
+    Iq,
+    Presence,
+    ChatState,
+    Notification,
+    StreamError,
+    StanzaError,
+    Stanza
+);
+
 node_conversions!(
     Message,
     Enc,

@@ -102,3 +102,34 @@ fn every_condition_name_is_in_the_dictionary() {
         assert_eq!(StreamCondition::parse(c.as_str()), Some(*c));
     }
 }
+
+#[test]
+fn debug_never_shows_identifiers_keys_or_tokens() {
+    let info = MediaUploadInfo {
+        auth: "SECRET-TOKEN".into(),
+        ttl: 300,
+        hosts: vec![MediaHost { hostname: "media.example".into() }],
+    };
+    let iq =
+        Iq::new("id-77", IqType::Result, Some("media"), IqPayload::MediaUploadInfo(info.clone()));
+    let msg = Message::new("cafe01", MessageType::Text)
+        .to("alice.7:1@s.interop")
+        .with_enc(Enc::new(EncType::Msg, b"ciphertext".to_vec()));
+    let lookup = Iq::new(
+        "1",
+        IqType::Get,
+        Some("contacts"),
+        IqPayload::ContactLookup(vec!["+15550100".into()]),
+    );
+    for s in [
+        format!("{info:?}"),
+        format!("{iq:?}"),
+        format!("{msg:?}"),
+        format!("{:?}", lookup.payload),
+        format!("{lookup:?}"),
+    ] {
+        for secret in ["SECRET-TOKEN", "id-77", "cafe01", "alice", "ciphertext", "+15550100"] {
+            assert!(!s.contains(secret), "{s}");
+        }
+    }
+}
