@@ -1,5 +1,7 @@
 //! [`Account`]: one device's Signal state over a [`Storage`], and every operation on it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,7 +15,7 @@ use rand::{CryptoRng, Rng};
 use crate::prekeys::{OneTimeKey, PreKeyPolicy, PreKeyUpload, SignedKey, next_id};
 use crate::records::{self, IdentityRecord, KyberKind, PreKeyMeta};
 use crate::store::{Arrival, Batch, DeviceAddress, RecordKey, Storage};
-use crate::tx::Tx;
+use crate::tx::{Finished, Tx};
 use crate::{Bundle, Error, Result};
 
 /// Something the user should be told about, produced by an operation and committed with it.
@@ -79,12 +81,19 @@ impl fmt::Debug for Enc {
     }
 }
 
-/// This device's identity, loaded once when the account opens.
+/// This device's identity, loaded once when the account opens, and a cache of committed
+/// sessions (deserialized), valid because the account is the storage's single writer.
 pub(crate) struct LocalIdentity {
     pub address: DeviceAddress,
     pub key_pair: IdentityKeyPair,
     pub registration_id: u32,
+    pub sessions: SessionCache,
 }
+
+/// Committed sessions by peer, kept deserialized so an operation does not decode its session
+/// from bytes again. Bounded: cleared when it holds [`SESSION_CACHE_MAX`] entries.
+pub(crate) type SessionCache = RefCell<HashMap<DeviceAddress, SessionRecord>>;
+pub(crate) const SESSION_CACHE_MAX: usize = 512;
 
 /// One device's end-to-end encryption state: identity, pre-keys, sessions, sender keys, over
 /// a [`Storage`].
@@ -135,7 +144,8 @@ impl<S: Storage> Account<S> {
         let key_pair = IdentityKeyPair::generate(rng);
         let registration_id = rng.random_range(1..=16380);
         let local_record = records::encode_local(&address, registration_id, &key_pair);
-        let local = LocalIdentity { address, key_pair, registration_id };
+        let local =
+            LocalIdentity { address, key_pair, registration_id, sessions: SessionCache::default() };
         let mut meta = PreKeyMeta::default();
         let mut upload = {
             let tx = Tx::new(&storage, &local);
@@ -146,8 +156,7 @@ impl<S: Storage> Account<S> {
                 Some(gen_kyber(&tx, &local, &mut meta, KyberKind::LastResort, now, rng)?);
             meta.last_resort = upload.kyber_last_resort.as_ref().map_or(0, |k| k.id);
             tx.put(RecordKey::PreKeyMeta, Some(meta.encode()));
-            let (batch, _) = tx.finish();
-            storage.commit(batch).await?;
+            storage.commit(tx.finish().batch).await?;
             upload
         };
         let mut account = Self { storage, local };
@@ -163,7 +172,8 @@ impl<S: Storage> Account<S> {
         let bytes = storage.load(&RecordKey::LocalIdentity).await?.ok_or(Error::NoAccount)?;
         let (address, registration_id, key_pair) =
             records::decode_local(&bytes).ok_or(Error::CorruptRecord("local identity"))?;
-        Ok(Self { storage, local: LocalIdentity { address, key_pair, registration_id } })
+        let sessions = SessionCache::default();
+        Ok(Self { storage, local: LocalIdentity { address, key_pair, registration_id, sessions } })
     }
 
     /// This device's address.
@@ -189,6 +199,24 @@ impl<S: Storage> Account<S> {
     /// Gives the storage back (to simulate a restart, or to close it).
     pub fn into_storage(self) -> S {
         self.storage
+    }
+
+    /// Commits a finished transaction (plus `arrival`); on success the sessions it wrote become
+    /// the cached committed state.
+    async fn commit_finished(
+        &mut self,
+        finished: Finished,
+        arrival: Option<Arrival>,
+    ) -> Result<Vec<Event>> {
+        let Finished { mut batch, events, sessions } = finished;
+        batch.arrivals.extend(arrival);
+        self.storage.commit(batch).await?;
+        let mut cache = self.local.sessions.borrow_mut();
+        if cache.len() + sessions.len() > SESSION_CACHE_MAX {
+            cache.clear();
+        }
+        cache.extend(sessions);
+        Ok(events)
     }
 
     async fn meta(&self) -> Result<PreKeyMeta> {
@@ -244,8 +272,7 @@ impl<S: Storage> Account<S> {
             )?);
         }
         tx.put(RecordKey::PreKeyMeta, Some(meta.encode()));
-        let (batch, _) = tx.finish();
-        self.storage.commit(batch).await?;
+        self.commit_finished(tx.finish(), None).await?;
         Ok(Some(upload))
     }
 
@@ -274,8 +301,7 @@ impl<S: Storage> Account<S> {
         upload.signed_prekey = Some(signed);
         upload.kyber_last_resort = Some(kyber);
         tx.put(RecordKey::PreKeyMeta, Some(meta.encode()));
-        let (batch, _) = tx.finish();
-        self.storage.commit(batch).await?;
+        self.commit_finished(tx.finish(), None).await?;
         Ok(upload)
     }
 
@@ -336,9 +362,7 @@ impl<S: Storage> Account<S> {
         )
         .await
         .map_err(|e| tx.map_err(e))?;
-        let (batch, events) = tx.finish();
-        self.storage.commit(batch).await?;
-        Ok(events)
+        self.commit_finished(tx.finish(), None).await
     }
 
     /// Encrypts `plaintext` for each of `peers` (which must all have sessions) and commits
@@ -375,8 +399,7 @@ impl<S: Storage> Account<S> {
             };
             out.push((peer.clone(), enc));
         }
-        let (batch, _) = tx.finish();
-        self.storage.commit(batch).await?;
+        self.commit_finished(tx.finish(), None).await?;
         Ok(out)
     }
 
@@ -427,8 +450,8 @@ impl<S: Storage> Account<S> {
             }
         };
         let plaintext = result.map_err(|e| tx.map_err(e))?;
-        let (batch, events) = tx.finish();
-        Ok(Pending { account: self, sender: sender.clone(), plaintext, batch, events })
+        let finished = tx.finish();
+        Ok(Pending { account: self, sender: sender.clone(), plaintext, finished })
     }
 
     /// Archives the current session with `peer` (on a retry receipt, or when the user resets
@@ -442,6 +465,7 @@ impl<S: Storage> Account<S> {
             SessionRecord::deserialize(&bytes).map_err(|_| Error::CorruptRecord("session"))?;
         record.archive_current_state().map_err(sig_err)?;
         let value = record.serialize().map_err(sig_err)?;
+        self.local.sessions.borrow_mut().remove(peer);
         self.storage.commit(Batch { writes: vec![(key, Some(value))], arrivals: vec![] }).await?;
         Ok(())
     }
@@ -524,8 +548,7 @@ impl<S: Storage> Account<S> {
         )
         .await
         .map_err(|e| tx.map_err(e))?;
-        let (batch, _) = tx.finish();
-        self.storage.commit(batch).await?;
+        self.commit_finished(tx.finish(), None).await?;
         Ok(skdm.serialized().to_vec())
     }
 
@@ -547,8 +570,7 @@ impl<S: Storage> Account<S> {
         )
         .await
         .map_err(|e| tx.map_err(e))?;
-        let (batch, _) = tx.finish();
-        self.storage.commit(batch).await?;
+        self.commit_finished(tx.finish(), None).await?;
         Ok(Enc { kind: EncKind::SenderKey, ciphertext: m.serialized().to_vec() })
     }
 }
@@ -606,15 +628,14 @@ pub struct Pending<'a, S> {
     account: &'a mut Account<S>,
     sender: DeviceAddress,
     plaintext: Vec<u8>,
-    batch: Batch,
-    events: Vec<Event>,
+    finished: Finished,
 }
 
 impl<S> fmt::Debug for Pending<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pending")
             .field("plaintext_len", &self.plaintext.len())
-            .field("events", &self.events)
+            .field("events", &self.finished.events)
             .finish_non_exhaustive()
     }
 }
@@ -632,16 +653,16 @@ impl<S: Storage> Pending<'_, S> {
 
     /// Events the decryption caused (committed with it).
     pub fn events(&self) -> &[Event] {
-        &self.events
+        &self.finished.events
     }
 
     /// Applies a sender-key distribution message that arrived in this plaintext, in the same
     /// transaction.
     pub async fn process_sender_key_distribution(&mut self, skdm: &[u8]) -> Result<()> {
         let m = SenderKeyDistributionMessage::try_from(skdm).map_err(crate::error::from_signal)?;
-        let batch = std::mem::take(&mut self.batch);
+        let finished = std::mem::take(&mut self.finished);
         let account = &*self.account;
-        let tx = Tx::resume(&account.storage, &account.local, batch);
+        let tx = Tx::resume(&account.storage, &account.local, finished);
         let result = libsignal_protocol::process_sender_key_distribution_message(
             &self.sender.to_signal(),
             &m,
@@ -649,16 +670,12 @@ impl<S: Storage> Pending<'_, S> {
         )
         .await
         .map_err(|e| tx.map_err(e));
-        let (batch, _) = tx.finish();
-        self.batch = batch;
+        self.finished = tx.finish();
         result
     }
 
     /// Stores the new state, the events and `arrival` in one transaction.
     pub async fn commit(self, arrival: Option<Arrival>) -> Result<Vec<Event>> {
-        let mut batch = self.batch;
-        batch.arrivals.extend(arrival);
-        self.account.storage.commit(batch).await?;
-        Ok(self.events)
+        self.account.commit_finished(self.finished, arrival).await
     }
 }

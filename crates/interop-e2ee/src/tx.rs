@@ -30,6 +30,17 @@ pub(crate) struct Tx<'a, S> {
     order: RefCell<Vec<RecordKey>>,
     events: RefCell<Vec<Event>>,
     failure: RefCell<Option<StorageError>>,
+    /// Deserialized copies of the sessions written in this transaction.
+    sessions: RefCell<HashMap<DeviceAddress, SessionRecord>>,
+}
+
+/// A transaction's outcome: the batch to commit, the events it caused, and the sessions it
+/// wrote (for the account's cache once the batch is committed).
+#[derive(Default)]
+pub(crate) struct Finished {
+    pub batch: Batch,
+    pub events: Vec<Event>,
+    pub sessions: HashMap<DeviceAddress, SessionRecord>,
 }
 
 impl<'a, S: Storage> Tx<'a, S> {
@@ -41,15 +52,18 @@ impl<'a, S: Storage> Tx<'a, S> {
             order: RefCell::default(),
             events: RefCell::default(),
             failure: RefCell::default(),
+            sessions: RefCell::default(),
         }
     }
 
-    /// Continues a transaction whose writes so far are `batch`.
-    pub(crate) fn resume(storage: &'a S, local: &'a LocalIdentity, batch: Batch) -> Self {
+    /// Continues a finished (not yet committed) transaction.
+    pub(crate) fn resume(storage: &'a S, local: &'a LocalIdentity, finished: Finished) -> Self {
         let tx = Self::new(storage, local);
-        for (key, value) in batch.writes {
+        for (key, value) in finished.batch.writes {
             tx.put(key, value);
         }
+        *tx.events.borrow_mut() = finished.events;
+        *tx.sessions.borrow_mut() = finished.sessions;
         tx
     }
 
@@ -77,8 +91,8 @@ impl<'a, S: Storage> Tx<'a, S> {
         }
     }
 
-    /// The pending writes (in first-write order) and the events they caused.
-    pub(crate) fn finish(self) -> (Batch, Vec<Event>) {
+    /// The pending writes (in first-write order), the events they caused, the sessions.
+    pub(crate) fn finish(self) -> Finished {
         let mut writes = self.writes.into_inner();
         let writes = self
             .order
@@ -89,7 +103,11 @@ impl<'a, S: Storage> Tx<'a, S> {
                 (k, v)
             })
             .collect();
-        (Batch { writes, arrivals: Vec::new() }, self.events.into_inner())
+        Finished {
+            batch: Batch { writes, arrivals: Vec::new() },
+            events: self.events.into_inner(),
+            sessions: self.sessions.into_inner(),
+        }
     }
 
     /// `get` for the libsignal adapters: a storage failure is remembered (so [`Tx::map_err`]
@@ -184,10 +202,23 @@ impl<S: Storage> IdentityKeyStore for View<'_, '_, S> {
 #[async_trait::async_trait(?Send)]
 impl<S: Storage> SessionStore for View<'_, '_, S> {
     async fn load_session(&self, address: &ProtocolAddress) -> SResult<Option<SessionRecord>> {
-        let key = RecordKey::Session(DeviceAddress::from_signal(address));
-        match self.0.get_sig(&key).await? {
+        let peer = DeviceAddress::from_signal(address);
+        if let Some(record) = self.0.sessions.borrow().get(&peer) {
+            return Ok(Some(record.clone()));
+        }
+        if let Some(record) = self.0.local.sessions.borrow().get(&peer) {
+            return Ok(Some(record.clone()));
+        }
+        match self.0.get_sig(&RecordKey::Session(peer.clone())).await? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(SessionRecord::deserialize(&bytes)?)),
+            Some(bytes) => {
+                let record = SessionRecord::deserialize(&bytes)?;
+                let mut cache = self.0.local.sessions.borrow_mut();
+                if cache.len() < crate::account::SESSION_CACHE_MAX {
+                    cache.insert(peer, record.clone());
+                }
+                Ok(Some(record))
+            }
         }
     }
 
@@ -196,8 +227,9 @@ impl<S: Storage> SessionStore for View<'_, '_, S> {
         address: &ProtocolAddress,
         record: &SessionRecord,
     ) -> SResult<()> {
-        let key = RecordKey::Session(DeviceAddress::from_signal(address));
-        self.0.put(key, Some(record.serialize()?));
+        let peer = DeviceAddress::from_signal(address);
+        self.0.put(RecordKey::Session(peer.clone()), Some(record.serialize()?));
+        self.0.sessions.borrow_mut().insert(peer, record.clone());
         Ok(())
     }
 }
