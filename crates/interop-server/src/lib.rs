@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
+pub mod chat;
 pub mod gatekeeper;
 pub mod keyfile;
 pub mod outbound;

@@ -43,6 +43,9 @@ pub struct Identity {
     pub issuer: String,
     /// Interop: the JWT `sub`. Native: the user-visible identifier.
     pub subject: String,
+    /// Interop: the provider's integrator id (written into addresses). Native: empty.
+    /// Not part of the key: one issuer has one integrator id.
+    pub integrator: String,
 }
 
 /// A signed prekey (EC or Kyber): id, public key, signature by the identity key. Opaque bytes
@@ -234,6 +237,7 @@ pub(crate) mod suite {
             kind: AccountKind::Interop,
             issuer: "https://provider.example".into(),
             subject: sub.into(),
+            integrator: "acme".into(),
         }
     }
 
@@ -296,6 +300,7 @@ pub(crate) mod suite {
             kind: AccountKind::Native,
             issuer: String::new(),
             subject: "+15550001".into(),
+            integrator: String::new(),
         };
         let n = store.enlist(&native, device(7, 0, 0), 6).await.unwrap();
         assert!(

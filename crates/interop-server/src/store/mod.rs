@@ -11,7 +11,7 @@
 //!   returns a device's copies in submission order.
 //! - Per-device queues are capped ([`SubmitOutcome::QueueFull`]) and copies expire.
 
-mod accounts;
+pub(crate) mod accounts;
 pub mod sqlite;
 
 pub use accounts::{

@@ -124,12 +124,14 @@ impl AccountStore for SqliteStore {
                 // Interop users opt in by enlisting; native users opt in explicitly.
                 let opted_in = identity.kind == AccountKind::Interop;
                 sqlx::query(
-                    "INSERT INTO accounts (id, kind, issuer, subject, opted_in, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO accounts (id, kind, issuer, subject, integrator, opted_in, created_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&id)
                 .bind(identity.kind.as_str())
                 .bind(&identity.issuer)
                 .bind(&identity.subject)
+                .bind(&identity.integrator)
                 .bind(opted_in)
                 .bind(now_ms)
                 .execute(&mut *tx)
@@ -226,16 +228,18 @@ impl AccountStore for SqliteStore {
     }
 
     async fn identity_of(&self, account: &str) -> Result<Option<Identity>> {
-        let row = sqlx::query("SELECT kind, issuer, subject FROM accounts WHERE id = ?")
-            .bind(account)
-            .fetch_optional(&self.reads)
-            .await
-            .map_err(storage)?;
+        let row =
+            sqlx::query("SELECT kind, issuer, subject, integrator FROM accounts WHERE id = ?")
+                .bind(account)
+                .fetch_optional(&self.reads)
+                .await
+                .map_err(storage)?;
         Ok(row.and_then(|r| {
             Some(Identity {
                 kind: AccountKind::parse(r.get("kind"))?,
                 issuer: r.get("issuer"),
                 subject: r.get("subject"),
+                integrator: r.get("integrator"),
             })
         }))
     }

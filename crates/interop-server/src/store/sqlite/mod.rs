@@ -78,6 +78,7 @@ CREATE TABLE accounts (
     kind          TEXT    NOT NULL,
     issuer        TEXT    NOT NULL,
     subject       TEXT    NOT NULL,
+    integrator    TEXT    NOT NULL,
     opted_in      INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL,
     UNIQUE (kind, issuer, subject)

@@ -1,0 +1,836 @@
+//! The gatekeeper's chat core: live sessions, message and receipt routing, durable delivery.
+//!
+//! No sockets here: a connection task authenticates a device, calls [`Chat::connect`], then
+//! loops over two things, in any order (both are cancel-safe):
+//!
+//! ```text
+//!   stanza from the device ──▶ Chat::handle(&mut session, node) ──▶ replies (acks) to send
+//!   Chat::next(&mut session) ──▶ Outbound::Stanza(bytes) to send | Outbound::Close(condition)
+//! ```
+//!
+//! Delivery semantics (docs/PROTOCOL.md, "Delivery"):
+//! - A message is acked to its sender only after every per-device copy is stored durably
+//!   ([`MessageStore::submit`]); a sender's retry of the same id is acked as `duplicate`.
+//! - Every copy, live recipient or not, goes through the store: a device's session reads its
+//!   queue in sequence order whenever it is nudged, so live and offline delivery are one path,
+//!   in order, and everything not yet acked is sent again after a reconnect.
+//! - A copy is deleted only when its device acks it (after persisting it); clients
+//!   de-duplicate by message id.
+//! - A device with no live session gets a wake-up through the offline hook (push).
+//! - Chat states are live only, never stored.
+//! - One live session per device: a new one closes the old one with `conflict`.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use interop_stanza::stanza::{
+    Ack, AckClass, ChatState, Message, Receipt, ReceiptType, StreamCondition,
+};
+use interop_stanza::{Node, binary};
+use tokio::sync::{Notify, mpsc};
+
+use crate::address::Jid;
+use crate::store::{
+    AccountKind, AccountStore, DeviceAddress, MessageStore, Queued, Submission, SubmitOutcome,
+};
+use crate::{Error, Result};
+
+/// Chat core settings.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// How long an undelivered copy is kept (ms).
+    pub message_ttl_ms: i64,
+    /// Copies read from the store per batch.
+    pub fetch_batch: u32,
+    /// Live-only stanzas (chat states) buffered per session before new ones are dropped.
+    pub live_buffer: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self { message_ttl_ms: 30 * 24 * 3600 * 1000, fetch_batch: 64, live_buffer: 64 }
+    }
+}
+
+/// Called for every device that was sent something while it had no live session.
+pub type OfflineHook = Arc<dyn Fn(DeviceAddress) + Send + Sync>;
+
+/// What a session's owner must send next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// An encoded stanza.
+    Stanza(Vec<u8>),
+    /// Send `stream:error` with this condition and close the connection.
+    Close(StreamCondition),
+}
+
+/// The outcome of [`Chat::handle`].
+#[derive(Debug)]
+pub enum Handled {
+    /// The chat core handled it; send these replies.
+    Replies(Vec<Node>),
+    /// Not a chat stanza (iq and others): another service handles it.
+    NotMine(Node),
+}
+
+struct Live {
+    id: u64,
+    nudge: Arc<Notify>,
+    tx: mpsc::Sender<Outbound>,
+}
+
+/// One device's live session.
+pub struct Session {
+    /// The device.
+    pub device: DeviceAddress,
+    /// Its address as peers see it.
+    pub jid: Jid,
+    id: u64,
+    read_receipts: bool,
+    nudge: Arc<Notify>,
+    live: mpsc::Receiver<Outbound>,
+    dirty: bool,
+    last_sent: i64,
+    buffer: VecDeque<Queued>,
+    /// (sender device, stored key) -> seq, for what this session sent and the device has not
+    /// acked yet.
+    inflight: HashMap<(DeviceAddress, String), i64>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// The chat core, shared by all connections.
+pub struct Chat<S> {
+    store: Arc<S>,
+    config: ChatConfig,
+    live: Mutex<HashMap<DeviceAddress, Live>>,
+    next_id: AtomicU64,
+    offline: Option<OfflineHook>,
+}
+
+impl<S> std::fmt::Debug for Chat<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chat").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The key a stanza is stored under (unique per sender device): message ids as they are,
+/// receipts prefixed with their type so that a delivery and a read receipt for the same message
+/// are two stanzas.
+fn receipt_key(kind: ReceiptType, id: &str) -> String {
+    format!("r:{}:{id}", kind.as_str())
+}
+
+fn ack_to(id: &str, class: AckClass) -> Ack {
+    Ack::new(id, class)
+}
+
+impl<S: MessageStore + AccountStore> Chat<S> {
+    /// A chat core over `store`.
+    pub fn new(store: Arc<S>, config: ChatConfig, offline: Option<OfflineHook>) -> Self {
+        Self { store, config, live: Mutex::default(), next_id: AtomicU64::new(1), offline }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Whether `device` has a live session.
+    pub fn is_live(&self, device: &DeviceAddress) -> bool {
+        self.live.lock().expect("live lock is never poisoned").contains_key(device)
+    }
+
+    /// Starts the live session of an authenticated device. A session the device already had is
+    /// told to close with `conflict`. The new session first sends everything queued.
+    pub async fn connect(&self, device: DeviceAddress, read_receipts: bool) -> Result<Session> {
+        let identity = self
+            .store
+            .identity_of(&device.account)
+            .await?
+            .ok_or(Error::Refused("unknown account"))?;
+        let integrator =
+            (identity.kind == AccountKind::Interop).then_some(identity.integrator.as_str());
+        let jid = Jid::device(&device, integrator.filter(|i| !i.is_empty()));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let nudge = Arc::new(Notify::new());
+        let (tx, live) = mpsc::channel(self.config.live_buffer.max(1));
+        let old = self
+            .live
+            .lock()
+            .expect("live lock is never poisoned")
+            .insert(device.clone(), Live { id, nudge: Arc::clone(&nudge), tx });
+        if let Some(old) = old {
+            // The old connection may be stuck; it learns on its next `next`.
+            let _ = old.tx.try_send(Outbound::Close(StreamCondition::Conflict));
+            old.nudge.notify_one();
+        }
+        Ok(Session {
+            device,
+            jid,
+            id,
+            read_receipts,
+            nudge,
+            live,
+            dirty: true,
+            last_sent: 0,
+            buffer: VecDeque::new(),
+            inflight: HashMap::new(),
+        })
+    }
+
+    /// Ends a session (its connection closed). Nothing is lost: unacked copies stay queued.
+    pub fn disconnect(&self, session: &Session) {
+        let mut live = self.live.lock().expect("live lock is never poisoned");
+        if live.get(&session.device).is_some_and(|l| l.id == session.id) {
+            live.remove(&session.device);
+        }
+    }
+
+    /// The next thing to send on this session. Cancel-safe.
+    pub async fn next(&self, session: &mut Session) -> Result<Outbound> {
+        loop {
+            if let Some(q) = session.buffer.pop_front() {
+                session.inflight.insert((q.sender, q.message_id), q.seq);
+                return Ok(Outbound::Stanza(q.stanza));
+            }
+            if session.dirty {
+                self.refill(session).await?;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                out = session.live.recv() => {
+                    return Ok(out.unwrap_or(Outbound::Close(StreamCondition::Conflict)));
+                }
+                () = session.nudge.notified() => session.dirty = true,
+            }
+        }
+    }
+
+    /// What [`next`](Self::next) would return without waiting for anything new: queued copies
+    /// (after reading the store), a live stanza already waiting, or `None`.
+    pub async fn try_next(&self, session: &mut Session) -> Result<Option<Outbound>> {
+        loop {
+            if let Some(q) = session.buffer.pop_front() {
+                session.inflight.insert((q.sender, q.message_id), q.seq);
+                return Ok(Some(Outbound::Stanza(q.stanza)));
+            }
+            if session.dirty {
+                self.refill(session).await?;
+                continue;
+            }
+            if let Ok(out) = session.live.try_recv() {
+                return Ok(Some(out));
+            }
+            // A nudge that already happened is a stored permit: taking it does not wait.
+            let notified = std::pin::pin!(session.nudge.notified());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if notified.poll(&mut cx).is_ready() {
+                session.dirty = true;
+                continue;
+            }
+            return Ok(None);
+        }
+    }
+
+    async fn refill(&self, session: &mut Session) -> Result<()> {
+        let batch =
+            self.store.pending(&session.device, session.last_sent, self.config.fetch_batch).await?;
+        // Only now (the read completed) does the session's state change: cancel-safe.
+        session.dirty = !batch.is_empty();
+        if let Some(last) = batch.last() {
+            session.last_sent = last.seq;
+        }
+        session.buffer.extend(batch);
+        Ok(())
+    }
+
+    /// Handles one stanza from the session's device.
+    pub async fn handle(&self, session: &mut Session, node: Node, now_ms: i64) -> Result<Handled> {
+        match node.tag.as_str() {
+            "message" => {
+                Ok(Handled::Replies(vec![self.message(session, node, now_ms).await?.into_node()]))
+            }
+            "receipt" => {
+                Ok(Handled::Replies(vec![self.receipt(session, node, now_ms).await?.into_node()]))
+            }
+            "ack" => {
+                self.ack(session, node).await?;
+                Ok(Handled::Replies(Vec::new()))
+            }
+            "chatstate" => {
+                self.chat_state(session, node).await?;
+                Ok(Handled::Replies(Vec::new()))
+            }
+            _ => Ok(Handled::NotMine(node)),
+        }
+    }
+
+    /// Whether `sender` may reach `recipient`: both opted in when one is native and the other
+    /// interop, and not blocked. A refusal looks like an unknown recipient (no enumeration, and
+    /// a blocked sender is not told).
+    async fn may_reach(&self, sender: &str, recipient: &str) -> Result<bool> {
+        let (Some(from), Some(to)) =
+            (self.store.identity_of(sender).await?, self.store.identity_of(recipient).await?)
+        else {
+            return Ok(false);
+        };
+        if from.kind != to.kind
+            && !(self.store.opted_in(sender).await? && self.store.opted_in(recipient).await?)
+        {
+            return Ok(false);
+        }
+        Ok(!self.store.is_blocked(recipient, sender).await?)
+    }
+
+    async fn message(&self, session: &Session, node: Node, now_ms: i64) -> Result<Ack> {
+        let Ok(msg) = Message::from_node(node) else {
+            return Ok(ack_to("", AckClass::Message).error("bad-request"));
+        };
+        let refuse = |code: &str| Ok(ack_to(&msg.id, AckClass::Message).error(code));
+        let Some(to) = msg.to.as_deref().and_then(Jid::parse) else {
+            return refuse("bad-request");
+        };
+        if !self.may_reach(&session.device.account, &to.account).await? {
+            return refuse("recipient-unavailable");
+        }
+        // The devices this message must cover: every device of the recipient and the sender's
+        // other devices (multi-device sync), exactly.
+        let mut expected: Vec<DeviceAddress> = self
+            .store
+            .devices(&to.account)
+            .await?
+            .into_iter()
+            .map(|d| DeviceAddress { account: to.account.clone(), device: d })
+            .collect();
+        if to.account != session.device.account {
+            expected.extend(
+                self.store
+                    .devices(&session.device.account)
+                    .await?
+                    .into_iter()
+                    .filter(|d| *d != session.device.device)
+                    .map(|d| DeviceAddress { account: session.device.account.clone(), device: d }),
+            );
+        } else {
+            expected.retain(|d| *d != session.device);
+        }
+        if expected.is_empty() {
+            return refuse("recipient-unavailable");
+        }
+        let mut per_device: Vec<(DeviceAddress, Vec<interop_stanza::stanza::Enc>)> = Vec::new();
+        if !msg.encs.is_empty() {
+            // A direct payload is for exactly one device, named by `to`.
+            let (Some(dev), true) = (to.device_address(), msg.participants.is_empty()) else {
+                return refuse("bad-request");
+            };
+            per_device.push((dev, msg.encs.clone()));
+        }
+        for p in &msg.participants {
+            let Some(dev) = Jid::parse(&p.jid).and_then(|j| j.device_address()) else {
+                return refuse("bad-request");
+            };
+            if per_device.iter().any(|(d, _)| *d == dev) || p.encs.is_empty() {
+                return refuse("bad-request");
+            }
+            per_device.push((dev, p.encs.clone()));
+        }
+        let mut covered: Vec<&DeviceAddress> = per_device.iter().map(|(d, _)| d).collect();
+        covered.sort();
+        let mut wanted: Vec<&DeviceAddress> = expected.iter().collect();
+        wanted.sort();
+        if covered != wanted {
+            return refuse("stale-devices");
+        }
+        let from = session.jid.to_string();
+        let mut copies = Vec::with_capacity(per_device.len());
+        for (dev, encs) in per_device {
+            let mut copy = Message::new(msg.id.clone(), msg.kind).from(from.clone());
+            copy.timestamp = msg.timestamp;
+            copy.encs = encs;
+            copy.extra_attrs.clone_from(&msg.extra_attrs);
+            copy.extra_children.clone_from(&msg.extra_children);
+            copies.push((dev, binary::encode(&copy.into_node())?));
+        }
+        let ack = self.submit(session, msg.id.clone(), copies, now_ms, AckClass::Message).await?;
+        Ok(Ack { kind: Some(msg.kind.as_str().to_owned()), ..ack })
+    }
+
+    async fn receipt(&self, session: &Session, node: Node, now_ms: i64) -> Result<Ack> {
+        let Ok(receipt) = Receipt::from_node(node) else {
+            return Ok(ack_to("", AckClass::Receipt).error("bad-request"));
+        };
+        let mut ack = ack_to(&receipt.id, AckClass::Receipt);
+        if receipt.kind != ReceiptType::Delivery {
+            ack.kind = Some(receipt.kind.as_str().to_owned());
+        }
+        let Some(to) = receipt.to.as_deref().and_then(Jid::parse) else {
+            return Ok(ack.error("bad-request"));
+        };
+        if receipt.kind == ReceiptType::Read && !session.read_receipts {
+            // The user does not send read receipts: accepted and dropped.
+            return Ok(ack);
+        }
+        if !self.may_reach(&session.device.account, &to.account).await? {
+            return Ok(ack.error("recipient-unavailable"));
+        }
+        // Receipts are not end-to-end encrypted: every device of the recipient gets it.
+        let devices: Vec<DeviceAddress> = match to.device_address() {
+            Some(d) => vec![d],
+            None => self
+                .store
+                .devices(&to.account)
+                .await?
+                .into_iter()
+                .map(|d| DeviceAddress { account: to.account.clone(), device: d })
+                .collect(),
+        };
+        if devices.is_empty() {
+            return Ok(ack.error("recipient-unavailable"));
+        }
+        let key = receipt_key(receipt.kind, &receipt.id);
+        let mut copy = receipt.clone();
+        copy.to = None;
+        copy.from = Some(session.jid.to_string());
+        let bytes = binary::encode(&copy.into_node())?;
+        let copies = devices.into_iter().map(|d| (d, bytes.clone())).collect();
+        let result = self.submit(session, key, copies, now_ms, AckClass::Receipt).await?;
+        Ok(Ack { kind: ack.kind, ..result })
+    }
+
+    async fn submit(
+        &self,
+        session: &Session,
+        key: String,
+        copies: Vec<(DeviceAddress, Vec<u8>)>,
+        now_ms: i64,
+        class: AckClass,
+    ) -> Result<Ack> {
+        let id = match class {
+            AckClass::Receipt => key.splitn(3, ':').nth(2).unwrap_or(&key).to_owned(),
+            _ => key.clone(),
+        };
+        let recipients: Vec<DeviceAddress> = copies.iter().map(|(d, _)| d.clone()).collect();
+        let submission = Submission {
+            sender: session.device.clone(),
+            message_id: key,
+            copies,
+            expires_at_ms: now_ms.saturating_add(self.config.message_ttl_ms),
+        };
+        match self.store.submit(submission, now_ms).await? {
+            SubmitOutcome::Stored(_) => {
+                self.notify(&recipients);
+                Ok(ack_to(&id, class))
+            }
+            SubmitOutcome::Duplicate => Ok(ack_to(&id, class).error("duplicate")),
+            SubmitOutcome::QueueFull(_) => Ok(ack_to(&id, class).error("recipient-unavailable")),
+        }
+    }
+
+    /// Nudges live sessions of `devices`; hands the others to the offline hook.
+    fn notify(&self, devices: &[DeviceAddress]) {
+        let mut offline = Vec::new();
+        {
+            let live = self.live.lock().expect("live lock is never poisoned");
+            for d in devices {
+                match live.get(d) {
+                    Some(l) => l.nudge.notify_one(),
+                    None => offline.push(d.clone()),
+                }
+            }
+        }
+        if let Some(hook) = &self.offline {
+            for d in offline {
+                hook(d);
+            }
+        }
+    }
+
+    async fn ack(&self, session: &mut Session, node: Node) -> Result<()> {
+        let Ok(ack) = Ack::from_node(node) else { return Ok(()) };
+        let key = match ack.class {
+            AckClass::Message => ack.id.clone(),
+            AckClass::Receipt => {
+                let kind = ack
+                    .kind
+                    .as_deref()
+                    .and_then(ReceiptType::parse)
+                    .unwrap_or(ReceiptType::Delivery);
+                receipt_key(kind, &ack.id)
+            }
+            _ => return Ok(()),
+        };
+        // `to` names the stanza's sender; without it, the id alone must be unambiguous.
+        let sender = ack.to.as_deref().and_then(Jid::parse).and_then(|j| j.device_address());
+        let found = match sender {
+            Some(s) => session.inflight.remove_entry(&(s, key)),
+            None => {
+                let mut matching = session.inflight.keys().filter(|(_, k)| *k == key);
+                match (matching.next().cloned(), matching.next()) {
+                    (Some(k), None) => session.inflight.remove_entry(&k),
+                    _ => None,
+                }
+            }
+        };
+        if let Some((_, seq)) = found {
+            self.store.ack(&session.device, seq).await?;
+        }
+        Ok(())
+    }
+
+    async fn chat_state(&self, session: &Session, node: Node) -> Result<()> {
+        let Ok(mut state) = ChatState::from_node(node) else { return Ok(()) };
+        let Some(to) = state.to.as_deref().and_then(Jid::parse) else { return Ok(()) };
+        if !self.may_reach(&session.device.account, &to.account).await? {
+            return Ok(());
+        }
+        state.to = None;
+        state.from = Some(session.jid.to_string());
+        let bytes = binary::encode(&state.into_node())?;
+        let live = self.live.lock().expect("live lock is never poisoned");
+        for (device, l) in live.iter().filter(|(d, _)| d.account == to.account) {
+            if *device != session.device {
+                // Live only: a full buffer drops it.
+                let _ = l.tx.try_send(Outbound::Stanza(bytes.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use interop_stanza::stanza::{ChatStateKind, Enc, EncType, MessageType, Participant};
+
+    use super::*;
+    use crate::store::accounts::suite::{device, interop};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Identity, QueueLimits};
+
+    struct World {
+        _dir: tempfile::TempDir,
+        chat: Chat<SqliteStore>,
+        woken: Arc<Mutex<Vec<DeviceAddress>>>,
+    }
+
+    async fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("gk.db"), QueueLimits::default()).await.unwrap(),
+        );
+        let woken: Arc<Mutex<Vec<DeviceAddress>>> = Arc::default();
+        let hook_woken = Arc::clone(&woken);
+        let hook: OfflineHook = Arc::new(move |d| hook_woken.lock().unwrap().push(d));
+        World { _dir: dir, chat: Chat::new(store, ChatConfig::default(), Some(hook)), woken }
+    }
+
+    fn native(phone: &str) -> Identity {
+        Identity {
+            kind: AccountKind::Native,
+            issuer: String::new(),
+            subject: phone.into(),
+            integrator: String::new(),
+        }
+    }
+
+    impl World {
+        async fn enlist(&self, who: &Identity, key: u8) -> DeviceAddress {
+            self.chat.store().enlist(who, device(key, 0, 0), 0).await.unwrap().address
+        }
+
+        async fn jid(&self, account: &str) -> String {
+            let i = self.chat.store().identity_of(account).await.unwrap().unwrap();
+            let integrator = (!i.integrator.is_empty()).then_some(i.integrator);
+            Jid { account: account.into(), integrator, device: None }.to_string()
+        }
+    }
+
+    fn dev_jid(d: &DeviceAddress) -> String {
+        Jid::device(d, None).to_string()
+    }
+
+    /// A text message with one payload per device in `to_devices`.
+    fn message(id: &str, to: &str, to_devices: &[&DeviceAddress]) -> Node {
+        let mut m = Message::new(id, MessageType::Text).to(to);
+        for d in to_devices {
+            m = m.with_participant(Participant::new(
+                dev_jid(d),
+                Enc::new(EncType::Msg, format!("ct-{id}-{}", d.device).into_bytes()),
+            ));
+        }
+        m.into_node()
+    }
+
+    async fn send(chat: &Chat<SqliteStore>, s: &mut Session, node: Node) -> Ack {
+        match chat.handle(s, node, 1_000).await.unwrap() {
+            Handled::Replies(mut r) => Ack::from_node(r.remove(0)).unwrap(),
+            Handled::NotMine(n) => panic!("not handled: {n:?}"),
+        }
+    }
+
+    async fn next_node(chat: &Chat<SqliteStore>, s: &mut Session) -> Node {
+        match chat.next(s).await.unwrap() {
+            Outbound::Stanza(bytes) => binary::decode(&bytes).unwrap(),
+            Outbound::Close(c) => panic!("closed: {c:?}"),
+        }
+    }
+
+    /// What `next` would return right now, without waiting for new input.
+    async fn ready(chat: &Chat<SqliteStore>, s: &mut Session) -> Option<Outbound> {
+        chat.try_next(s).await.unwrap()
+    }
+
+    async fn ack_it(chat: &Chat<SqliteStore>, s: &mut Session, got: &Node) {
+        let from = got.attr("from").unwrap().to_owned();
+        let mut ack = Ack::new(got.attr("id").unwrap(), AckClass::parse(&got.tag).unwrap());
+        ack.kind = got.attr("type").filter(|_| got.tag == "receipt").map(str::to_owned);
+        ack.to = Some(from);
+        chat.handle(s, ack.into_node(), 2_000).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn interop_to_native_fans_out_to_every_device_and_acks_delete() {
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let bob1 = w.enlist(&native("+1555"), 2).await;
+        let bob2 = w.enlist(&native("+1555"), 3).await;
+        w.chat.store().set_opt_in(&bob1.account, true).await.unwrap();
+        let mut a = w.chat.connect(alice.clone(), true).await.unwrap();
+        let mut b1 = w.chat.connect(bob1.clone(), true).await.unwrap();
+        let mut b2 = w.chat.connect(bob2.clone(), true).await.unwrap();
+        let bob_jid = w.jid(&bob1.account).await;
+
+        let ack = send(&w.chat, &mut a, message("m1", &bob_jid, &[&bob1, &bob2])).await;
+        assert_eq!(
+            (ack.id.as_str(), ack.error.as_deref(), ack.kind.as_deref()),
+            ("m1", None, Some("text"))
+        );
+
+        for (s, d) in [(&mut b1, &bob1), (&mut b2, &bob2)] {
+            let got = next_node(&w.chat, s).await;
+            let m = Message::from_node(got.clone()).unwrap();
+            assert_eq!(m.id, "m1");
+            assert_eq!(m.to, None, "the server removes `to`");
+            assert_eq!(m.from.as_deref(), Some(a.jid.to_string().as_str()));
+            assert!(
+                m.from.as_deref().unwrap().contains(".acme:1@"),
+                "interop addresses carry the integrator"
+            );
+            assert_eq!(m.encs.len(), 1, "each device gets only its own payload");
+            assert_eq!(m.encs[0].ciphertext, format!("ct-m1-{}", d.device).into_bytes());
+            assert_eq!(w.chat.store().depth(d).await.unwrap(), 1, "kept until the device acks");
+            ack_it(&w.chat, s, &got).await;
+            assert_eq!(w.chat.store().depth(d).await.unwrap(), 0);
+        }
+        assert!(w.woken.lock().unwrap().is_empty(), "everyone was live");
+    }
+
+    #[tokio::test]
+    async fn a_stale_device_list_is_refused_and_nothing_is_stored() {
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let alice2 = w.enlist(&interop("alice"), 4).await;
+        let bob1 = w.enlist(&interop("bob"), 2).await;
+        let bob2 = w.enlist(&interop("bob"), 3).await;
+        let mut a = w.chat.connect(alice.clone(), true).await.unwrap();
+        let bob_jid = w.jid(&bob1.account).await;
+        for (devices, code) in [
+            (vec![&bob1], Some("stale-devices")), // misses bob2 and alice2
+            (vec![&bob1, &bob2], Some("stale-devices")), // misses alice's other device
+            (vec![&bob1, &bob2, &alice2, &alice], Some("stale-devices")), // includes itself
+            (vec![&bob1, &bob2, &alice2], None),
+        ] {
+            let ack = send(&w.chat, &mut a, message("s1", &bob_jid, &devices)).await;
+            assert_eq!(ack.error.as_deref(), code, "{devices:?}");
+        }
+        assert_eq!(w.chat.store().depth(&bob1).await.unwrap(), 1);
+        assert_eq!(
+            w.chat.store().depth(&alice2).await.unwrap(),
+            1,
+            "sender's other devices get a copy"
+        );
+        assert_eq!(w.chat.store().depth(&alice).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn offline_devices_are_woken_then_get_everything_in_order_exactly_once() {
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let bob = w.enlist(&interop("bob"), 2).await;
+        let mut b = w.chat.connect(bob.clone(), true).await.unwrap();
+        let alice_jid = w.jid(&alice.account).await;
+        for i in 0..3 {
+            let ack = send(&w.chat, &mut b, message(&format!("o{i}"), &alice_jid, &[&alice])).await;
+            assert_eq!(ack.error, None);
+        }
+        // A retry of o1 is acknowledged as a duplicate and not stored again.
+        let ack = send(&w.chat, &mut b, message("o1", &alice_jid, &[&alice])).await;
+        assert_eq!(ack.error.as_deref(), Some("duplicate"));
+        assert_eq!(*w.woken.lock().unwrap(), vec![alice.clone(); 3]);
+
+        // Alice connects: the three arrive in order. She acks only the first, then drops.
+        let mut a = w.chat.connect(alice.clone(), true).await.unwrap();
+        let first = next_node(&w.chat, &mut a).await;
+        assert_eq!(first.attr("id"), Some("o0"));
+        ack_it(&w.chat, &mut a, &first).await;
+        assert_eq!(next_node(&w.chat, &mut a).await.attr("id"), Some("o1"));
+        assert_eq!(next_node(&w.chat, &mut a).await.attr("id"), Some("o2"));
+        assert_eq!(ready(&w.chat, &mut a).await, None, "nothing more");
+        w.chat.disconnect(&a);
+
+        // Reconnect: what was not acked comes again, in order; the acked one does not.
+        let mut a = w.chat.connect(alice.clone(), true).await.unwrap();
+        for id in ["o1", "o2"] {
+            let got = next_node(&w.chat, &mut a).await;
+            assert_eq!(got.attr("id"), Some(id));
+            ack_it(&w.chat, &mut a, &got).await;
+        }
+        assert_eq!(ready(&w.chat, &mut a).await, None);
+        assert_eq!(w.chat.store().depth(&alice).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_live_session_is_nudged_by_new_messages() {
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let bob = w.enlist(&interop("bob"), 2).await;
+        let mut a = w.chat.connect(alice.clone(), true).await.unwrap();
+        let mut b = w.chat.connect(bob.clone(), true).await.unwrap();
+        assert_eq!(ready(&w.chat, &mut b).await, None);
+        let bob_jid = w.jid(&bob.account).await;
+        // Bob waits first; Alice's message wakes his session.
+        let waiter = async { next_node(&w.chat, &mut b).await };
+        let sender = async {
+            tokio::task::yield_now().await;
+            send(&w.chat, &mut a, message("live", &bob_jid, &[&bob])).await
+        };
+        let (got, ack) = tokio::join!(waiter, sender);
+        assert_eq!(ack.error, None);
+        assert_eq!(got.attr("id"), Some("live"));
+    }
+
+    #[tokio::test]
+    async fn opt_in_and_blocks_are_enforced_without_telling_why() {
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let bob = w.enlist(&native("+1555"), 2).await;
+        let carol = w.enlist(&interop("carol"), 3).await;
+        let mut a = w.chat.connect(alice.clone(), true).await.unwrap();
+        let bob_jid = w.jid(&bob.account).await;
+        let ack = send(&w.chat, &mut a, message("x1", &bob_jid, &[&bob])).await;
+        assert_eq!(ack.error.as_deref(), Some("recipient-unavailable"), "Bob has not opted in");
+        w.chat.store().set_opt_in(&bob.account, true).await.unwrap();
+        assert_eq!(send(&w.chat, &mut a, message("x2", &bob_jid, &[&bob])).await.error, None);
+        w.chat.store().set_blocked(&bob.account, &alice.account, true).await.unwrap();
+        let ack = send(&w.chat, &mut a, message("x3", &bob_jid, &[&bob])).await;
+        assert_eq!(ack.error.as_deref(), Some("recipient-unavailable"), "same answer as unknown");
+        // Interop to interop needs no native opt-in; an unknown account is refused the same way.
+        let carol_jid = w.jid(&carol.account).await;
+        assert_eq!(send(&w.chat, &mut a, message("x4", &carol_jid, &[&carol])).await.error, None);
+        let ack = send(&w.chat, &mut a, message("x5", "nobody@s.interop", &[])).await;
+        assert_eq!(ack.error.as_deref(), Some("recipient-unavailable"));
+        let ack = send(&w.chat, &mut a, message("x6", "not an address", &[])).await;
+        assert_eq!(ack.error.as_deref(), Some("bad-request"));
+        assert_eq!(w.chat.store().depth(&bob).await.unwrap(), 1, "only x2 reached Bob");
+    }
+
+    #[tokio::test]
+    async fn receipts_reach_every_sender_device_and_read_receipts_follow_the_preference() {
+        let w = world().await;
+        let alice1 = w.enlist(&interop("alice"), 1).await;
+        let alice2 = w.enlist(&interop("alice"), 2).await;
+        let bob = w.enlist(&interop("bob"), 3).await;
+        let carol = w.enlist(&interop("carol"), 4).await;
+        let alice_jid = w.jid(&alice1.account).await;
+        let mut b = w.chat.connect(bob.clone(), true).await.unwrap();
+        let mut c = w.chat.connect(carol.clone(), false).await.unwrap();
+        let mut delivery = Receipt::new("m1", ReceiptType::Delivery);
+        delivery.to = Some(alice_jid.clone());
+        let mut read = Receipt::new("m1", ReceiptType::Read);
+        read.to = Some(alice_jid.clone());
+        let ack = send(&w.chat, &mut b, delivery.clone().into_node()).await;
+        assert_eq!((ack.class, ack.error.as_deref()), (AckClass::Receipt, None));
+        let ack = send(&w.chat, &mut b, read.clone().into_node()).await;
+        assert_eq!(
+            (ack.kind.as_deref(), ack.error.as_deref()),
+            (Some("read"), None),
+            "a read receipt is not a duplicate of the delivery receipt"
+        );
+        // Carol does not send read receipts: accepted, not forwarded.
+        assert_eq!(send(&w.chat, &mut c, read.clone().into_node()).await.error, None);
+        assert_eq!(send(&w.chat, &mut c, delivery.into_node()).await.error, None);
+        for d in [&alice1, &alice2] {
+            assert_eq!(w.chat.store().depth(d).await.unwrap(), 3, "2 from Bob, 1 from Carol");
+        }
+        let mut a = w.chat.connect(alice1.clone(), true).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let got = next_node(&w.chat, &mut a).await;
+            let r = Receipt::from_node(got.clone()).unwrap();
+            seen.push((r.from.unwrap(), r.kind));
+            ack_it(&w.chat, &mut a, &got).await;
+        }
+        assert_eq!(
+            seen,
+            [
+                (b.jid.to_string(), ReceiptType::Delivery),
+                (b.jid.to_string(), ReceiptType::Read),
+                (c.jid.to_string(), ReceiptType::Delivery)
+            ]
+        );
+        assert_eq!(w.chat.store().depth(&alice1).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_login_replaces_the_old_session() {
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let mut old = w.chat.connect(alice.clone(), true).await.unwrap();
+        let mut new = w.chat.connect(alice.clone(), true).await.unwrap();
+        assert_eq!(
+            w.chat.next(&mut old).await.unwrap(),
+            Outbound::Close(StreamCondition::Conflict)
+        );
+        w.chat.disconnect(&old);
+        assert!(w.chat.is_live(&alice), "the old session's disconnect does not remove the new one");
+        assert_eq!(ready(&w.chat, &mut new).await, None);
+    }
+
+    #[tokio::test]
+    async fn chat_states_are_live_only() {
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let bob = w.enlist(&interop("bob"), 2).await;
+        let mut a = w.chat.connect(alice.clone(), true).await.unwrap();
+        let bob_jid = w.jid(&bob.account).await;
+        let typing = || ChatState::new(bob_jid.clone(), ChatStateKind::Composing).into_node();
+        // Bob offline: dropped, not queued, nobody woken.
+        assert!(
+            matches!(w.chat.handle(&mut a, typing(), 0).await.unwrap(), Handled::Replies(r) if r.is_empty())
+        );
+        assert_eq!(w.chat.store().depth(&bob).await.unwrap(), 0);
+        assert!(w.woken.lock().unwrap().is_empty());
+        let mut b = w.chat.connect(bob.clone(), true).await.unwrap();
+        w.chat.handle(&mut a, typing(), 0).await.unwrap();
+        let got = ChatState::from_node(next_node(&w.chat, &mut b).await).unwrap();
+        assert_eq!((got.state, got.from), (ChatStateKind::Composing, Some(a.jid.to_string())));
+    }
+
+    #[tokio::test]
+    async fn other_stanzas_are_left_to_other_services() {
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let mut a = w.chat.connect(alice, true).await.unwrap();
+        let iq = Node::new("iq").with_attr("id", "1");
+        assert!(
+            matches!(w.chat.handle(&mut a, iq.clone(), 0).await.unwrap(), Handled::NotMine(n) if n == iq)
+        );
+    }
+}
