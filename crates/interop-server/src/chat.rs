@@ -131,6 +131,26 @@ fn ack_to(id: &str, class: AckClass) -> Ack {
     Ack::new(id, class)
 }
 
+/// Whether `sender` may reach `recipient`: both accounts exist, both opted in when one is native
+/// and the other interop, and the recipient does not block the sender. Callers answer a refusal
+/// exactly like an unknown recipient (no enumeration; a blocked sender is not told).
+pub(crate) async fn may_reach(
+    store: &impl AccountStore,
+    sender: &str,
+    recipient: &str,
+) -> Result<bool> {
+    let (Some(from), Some(to)) =
+        (store.identity_of(sender).await?, store.identity_of(recipient).await?)
+    else {
+        return Ok(false);
+    };
+    if from.kind != to.kind && !(store.opted_in(sender).await? && store.opted_in(recipient).await?)
+    {
+        return Ok(false);
+    }
+    Ok(!store.is_blocked(recipient, sender).await?)
+}
+
 impl<S: MessageStore + AccountStore> Chat<S> {
     /// A chat core over `store`.
     pub fn new(store: Arc<S>, config: ChatConfig, offline: Option<OfflineHook>) -> Self {
@@ -273,23 +293,6 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         }
     }
 
-    /// Whether `sender` may reach `recipient`: both opted in when one is native and the other
-    /// interop, and not blocked. A refusal looks like an unknown recipient (no enumeration, and
-    /// a blocked sender is not told).
-    async fn may_reach(&self, sender: &str, recipient: &str) -> Result<bool> {
-        let (Some(from), Some(to)) =
-            (self.store.identity_of(sender).await?, self.store.identity_of(recipient).await?)
-        else {
-            return Ok(false);
-        };
-        if from.kind != to.kind
-            && !(self.store.opted_in(sender).await? && self.store.opted_in(recipient).await?)
-        {
-            return Ok(false);
-        }
-        Ok(!self.store.is_blocked(recipient, sender).await?)
-    }
-
     async fn message(&self, session: &Session, node: Node, now_ms: i64) -> Result<Ack> {
         let Ok(msg) = Message::from_node(node) else {
             return Ok(ack_to("", AckClass::Message).error("bad-request"));
@@ -298,7 +301,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         let Some(to) = msg.to.as_deref().and_then(Jid::parse) else {
             return refuse("bad-request");
         };
-        if !self.may_reach(&session.device.account, &to.account).await? {
+        if !may_reach(&*self.store, &session.device.account, &to.account).await? {
             return refuse("recipient-unavailable");
         }
         // The devices this message must cover: every device of the recipient and the sender's
@@ -378,7 +381,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             // The user does not send read receipts: accepted and dropped.
             return Ok(ack);
         }
-        if !self.may_reach(&session.device.account, &to.account).await? {
+        if !may_reach(&*self.store, &session.device.account, &to.account).await? {
             return Ok(ack.error("recipient-unavailable"));
         }
         // Receipts are not end-to-end encrypted: every device of the recipient gets it.
@@ -488,7 +491,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     async fn chat_state(&self, session: &Session, node: Node) -> Result<()> {
         let Ok(mut state) = ChatState::from_node(node) else { return Ok(()) };
         let Some(to) = state.to.as_deref().and_then(Jid::parse) else { return Ok(()) };
-        if !self.may_reach(&session.device.account, &to.account).await? {
+        if !may_reach(&*self.store, &session.device.account, &to.account).await? {
             return Ok(());
         }
         state.to = None;

@@ -13,9 +13,11 @@
 pub mod address;
 pub mod chat;
 pub mod gatekeeper;
+pub mod iq;
 pub mod keyfile;
 pub mod outbound;
 pub mod push;
+pub mod ratelimit;
 pub mod store;
 
 /// Errors of the server library.

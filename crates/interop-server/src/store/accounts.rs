@@ -160,6 +160,12 @@ pub trait AccountStore: Send + Sync + 'static {
         identity: &Identity,
     ) -> impl Future<Output = crate::Result<Option<String>>> + Send;
 
+    /// Interop accounts whose subject is `subject`, whatever their provider.
+    fn interop_accounts_with_subject(
+        &self,
+        subject: &str,
+    ) -> impl Future<Output = crate::Result<Vec<String>>> + Send;
+
     /// The identity behind an account.
     fn identity_of(
         &self,

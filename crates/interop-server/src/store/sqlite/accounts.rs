@@ -227,6 +227,16 @@ impl AccountStore for SqliteStore {
             .map(|r| r.get("id")))
     }
 
+    async fn interop_accounts_with_subject(&self, subject: &str) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT id FROM accounts WHERE kind = 'interop' AND subject = ? LIMIT 2")
+                .bind(subject)
+                .fetch_all(&self.reads)
+                .await
+                .map_err(storage)?;
+        Ok(rows.iter().map(|r| r.get("id")).collect())
+    }
+
     async fn identity_of(&self, account: &str) -> Result<Option<Identity>> {
         let row =
             sqlx::query("SELECT kind, issuer, subject, integrator FROM accounts WHERE id = ?")
