@@ -439,3 +439,105 @@ impl JwksCache {
         self.keys.as_ref().is_some_and(|s| now < s.fetched_at.saturating_add(self.config.max_stale))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SigningKey;
+
+    const T: UnixTime = UnixTime::from_secs(1_000_000);
+    const ISS: &str = "https://id.example.org";
+
+    fn cache() -> JwksCache {
+        let url = "https://id.example.org/.well-known/openid-configuration";
+        JwksCache::new(ISS, url, UrlPolicy::HttpsOnly, CacheConfig::default(), T).expect("cache")
+    }
+
+    fn ok(body: String, cc: Option<&str>) -> std::result::Result<HttpResponse, FetchFailure> {
+        Ok(HttpResponse {
+            status: 200,
+            cache_control: cc.map(str::to_owned),
+            body: body.into_bytes(),
+        })
+    }
+
+    fn discovery() -> String {
+        format!(r#"{{"issuer":"{ISS}","jwks_uri":"https://id.example.org/jwks.json"}}"#)
+    }
+
+    fn jwks() -> String {
+        let k = SigningKey::ed25519_from_seed(&[1; 32]);
+        serde_json::json!({"keys": [k.verification_key().to_jwk()]}).to_string()
+    }
+
+    fn answer(
+        c: &mut JwksCache,
+        now: UnixTime,
+        r: std::result::Result<HttpResponse, FetchFailure>,
+    ) {
+        let ticket = match c.phase {
+            Phase::AwaitDiscovery { ticket } | Phase::AwaitJwks { ticket } => ticket,
+            _ => panic!("nothing in flight"),
+        };
+        let _ = c.handle_fetch(now, FetchResponse { ticket, result: r });
+    }
+
+    /// Every transition of the fetch state machine, from the diagram in the module docs.
+    #[test]
+    fn transition_table() {
+        let s = UnixTime::saturating_add;
+        let secs = Duration::from_secs;
+        // Idle, not yet due: nothing.
+        let mut c = cache();
+        assert!(c.poll_fetch(s(T, secs(0)).saturating_sub(secs(1))).is_none());
+        assert_eq!(c.phase, Phase::Idle { due: T });
+        // Idle, due, no discovery -> AwaitDiscovery; polling again while in flight: nothing.
+        let req = c.poll_fetch(T).expect("due");
+        assert_eq!(
+            (req.kind, c.phase),
+            (FetchKind::Discovery, Phase::AwaitDiscovery { ticket: req.ticket })
+        );
+        assert!(c.poll_fetch(T).is_none());
+        // A stray ticket changes nothing.
+        let stray = FetchResponse { ticket: Ticket(99), result: Err(FetchFailure::Network) };
+        assert!(matches!(c.handle_fetch(T, stray), Err(Error::UnexpectedResponse)));
+        assert_eq!(c.phase, Phase::AwaitDiscovery { ticket: req.ticket });
+        // AwaitDiscovery + ok -> Idle{due: now}.
+        answer(&mut c, T, ok(discovery(), None));
+        assert_eq!(c.phase, Phase::Idle { due: T });
+        // Idle, due, fresh discovery -> AwaitJwks.
+        let req = c.poll_fetch(T).expect("due");
+        assert_eq!((req.kind, c.phase), (FetchKind::Jwks, Phase::AwaitJwks { ticket: req.ticket }));
+        assert!(c.poll_fetch(T).is_none());
+        // AwaitJwks + ok -> Idle{due: now + clamp(max-age)}.
+        answer(&mut c, T, ok(jwks(), Some("max-age=600")));
+        assert_eq!(c.phase, Phase::Idle { due: s(T, secs(600)) });
+        // Idle + unknown kid (cooled down) -> Idle{due: now}; again within the cooldown: no change.
+        let t1 = s(T, secs(10));
+        assert!(matches!(c.lookup(t1, "nope"), KeyLookup::UnknownKid { refresh_scheduled: true }));
+        assert_eq!(c.phase, Phase::Idle { due: t1 });
+        // AwaitJwks + failure -> Backoff{now + 10 s}, discovery forgotten.
+        c.poll_fetch(t1).expect("forced refresh");
+        answer(&mut c, t1, Err(FetchFailure::Timeout));
+        assert_eq!(c.phase, Phase::Backoff { retry_at: s(t1, secs(10)) });
+        assert!(c.discovered.is_none());
+        // Backoff + unknown kid: no bypass of the backoff.
+        assert!(matches!(
+            c.lookup(s(t1, secs(1)), "nope"),
+            KeyLookup::UnknownKid { refresh_scheduled: false }
+        ));
+        // Backoff, not yet: nothing; at retry_at -> AwaitDiscovery (discovery was forgotten).
+        assert!(c.poll_fetch(s(t1, secs(9))).is_none());
+        let req = c.poll_fetch(s(t1, secs(10))).expect("retry");
+        assert_eq!(req.kind, FetchKind::Discovery);
+        // AwaitDiscovery + failure -> Backoff with the doubled delay.
+        let t2 = s(t1, secs(10));
+        answer(&mut c, t2, ok(String::new(), None));
+        assert_eq!(c.phase, Phase::Backoff { retry_at: s(t2, secs(20)) });
+        // The keys from the successful fetch are still served throughout.
+        assert!(matches!(
+            c.lookup(t2, SigningKey::ed25519_from_seed(&[1; 32]).kid()),
+            KeyLookup::Found(_)
+        ));
+    }
+}
