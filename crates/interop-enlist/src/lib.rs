@@ -77,7 +77,8 @@ pub use cache::{CacheConfig, JwksCache, KeyLookup};
 pub use keys::{Alg, SigningKey, Thumbprint, VerificationKey};
 pub use provider::{DiscoveryDocument, KeyRing, TokenIssuer, sign_compact, sign_raw};
 pub use registry::{
-    GatekeeperConfig, ProviderEntry, Quotas, Registry, VerifiedIdentity, valid_integrator_id,
+    GatekeeperConfig, ProviderEntry, Quotas, Registry, ResolvedKey, VerifiedIdentity,
+    valid_integrator_id,
 };
 pub use time::UnixTime;
 pub use token::{

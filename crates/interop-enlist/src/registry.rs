@@ -2,10 +2,11 @@
 //! verification end to end.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{CacheConfig, FetchRequest, FetchResponse, JwksCache, KeyLookup};
-use crate::keys::{Alg, Thumbprint};
+use crate::keys::{Alg, Thumbprint, VerificationKey};
 use crate::time::UnixTime;
 use crate::token::{Refusal, TokenPolicy, UnverifiedToken, VerifiedToken};
 use crate::url_policy::UrlPolicy;
@@ -119,6 +120,17 @@ impl fmt::Debug for VerifiedIdentity {
             .field("integrator_id", &self.integrator_id)
             .finish_non_exhaustive()
     }
+}
+
+/// The key a token names, with its provider (see [`Registry::resolve`]).
+#[derive(Debug, Clone)]
+pub struct ResolvedKey {
+    /// The verification key.
+    pub key: Arc<VerificationKey>,
+    /// The provider's registered issuer.
+    pub issuer: String,
+    /// The provider's integrator id.
+    pub integrator_id: String,
 }
 
 #[derive(Debug)]
@@ -254,6 +266,25 @@ impl Registry {
         now: UnixTime,
     ) -> std::result::Result<VerifiedIdentity, Refusal> {
         let parsed = UnverifiedToken::parse(token)?;
+        let resolved = self.resolve_inner(&parsed, now)?;
+        let token =
+            self.config.policy.verify(&parsed, &resolved.issuer, &resolved.key, binding, now)?;
+        Ok(VerifiedIdentity { token, integrator_id: resolved.integrator_id })
+    }
+
+    /// The provider checks and key lookup of [`Registry::verify`], without the signature
+    /// and claim checks: a server that shares the registry behind a lock can hold the lock
+    /// only for this, then run [`TokenPolicy::verify`] (on a clone of
+    /// `config().policy`) outside it.
+    pub fn resolve(&mut self, token: &UnverifiedToken<'_>, now: UnixTime) -> Result<ResolvedKey> {
+        self.resolve_inner(token, now).map_err(Error::TokenRefused)
+    }
+
+    fn resolve_inner(
+        &mut self,
+        parsed: &UnverifiedToken<'_>,
+        now: UnixTime,
+    ) -> std::result::Result<ResolvedKey, Refusal> {
         let issuer = parsed.issuer_hint()?;
         let r = self
             .providers
@@ -271,8 +302,11 @@ impl Registry {
             KeyLookup::UnknownKid { .. } => return Err(Refusal::UnknownKid),
             KeyLookup::Unavailable => return Err(Refusal::KeysUnavailable),
         };
-        let token = self.config.policy.verify(&parsed, &r.entry.issuer, &key, binding, now)?;
-        Ok(VerifiedIdentity { token, integrator_id: r.entry.integrator_id.clone() })
+        Ok(ResolvedKey {
+            key,
+            issuer: r.entry.issuer.clone(),
+            integrator_id: r.entry.integrator_id.clone(),
+        })
     }
 
     /// The leeway in force (for callers that schedule re-checks at `exp`).

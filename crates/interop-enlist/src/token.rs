@@ -48,7 +48,9 @@ impl Claim {
 /// Exactly why a token was refused. [`Refusal::as_str`] is a stable code for metrics and logs;
 /// it never contains any part of the token.
 ///
-/// The checks run in the order of the variants below; the first failing one is reported.
+/// The checks run in the order of the table in the protocol (section "Verification by the
+/// gatekeeper"), which mostly follows the order of the variants; the first failing one is
+/// reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Refusal {

@@ -562,3 +562,24 @@ fn refusal_codes_are_distinct_and_content_free() {
     let err = Error::TokenRefused(Refusal::Expired);
     assert_eq!(err.to_string(), "token refused: expired");
 }
+
+#[test]
+fn split_resolve_then_verify_matches_verify() {
+    let mut w = World::ed25519();
+    let t = w.token();
+    let parsed = UnverifiedToken::parse(&t).expect("parse");
+    let now = w.now;
+    let resolved = w.registry.resolve(&parsed, now).expect("resolve");
+    let policy = w.registry.config().policy.clone();
+    let v =
+        policy.verify(&parsed, &resolved.issuer, &resolved.key, &device(), now).expect("verify");
+    let whole = w.verify(&t, &device()).expect("verify");
+    assert_eq!(v, whole.token);
+    assert_eq!(resolved.integrator_id, whole.integrator_id);
+    // The split path refuses the same way.
+    let other = Thumbprint::of_x25519(&OTHER_DEVICE);
+    let r = policy.verify(&parsed, &resolved.issuer, &resolved.key, &other, now);
+    assert_eq!(r.err(), Some(Refusal::KeyBindingMismatch));
+    let r = policy.verify(&parsed, "https://elsewhere.example", &resolved.key, &device(), now);
+    assert_eq!(r.err(), Some(Refusal::WrongIssuer));
+}
