@@ -9,12 +9,16 @@
 //! means publishing version 2.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use crate::{Error, Result};
 
 /// The dictionary version this crate writes by default (the connection header's byte 4).
 pub const DICTIONARY_VERSION: u8 = 1;
+
+/// The longest string in any dictionary (checked by a test).
+const MAX_TOKEN_LEN: usize = 24;
 
 /// Number of page-0 slots: bytes `0x00..=0xCF`; `0x00` is reserved and never a token.
 pub const PAGE0_SLOTS: usize = 0xD0;
@@ -25,7 +29,30 @@ pub struct Dictionary {
     version: u8,
     page0: &'static [&'static str],
     page1: &'static [&'static str],
-    index: OnceLock<HashMap<&'static str, Token>>,
+    index: OnceLock<HashMap<&'static str, Token, BuildHasherDefault<Fnv>>>,
+}
+
+/// FNV-1a: the keys are short, fixed and public, so a fast non-keyed hash is right here (the
+/// encoder looks up every string it writes; SipHash was a fifth of encoding time).
+#[derive(Debug)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// Where a string sits in a dictionary.
@@ -76,9 +103,16 @@ impl Dictionary {
 
     /// The token for `s`, if it is in the dictionary.
     pub fn token(&self, s: &str) -> Option<Token> {
+        // Longer than any entry (`feature-not-implemented`, 23 bytes): skip the lookup.
+        if s.len() > MAX_TOKEN_LEN {
+            return None;
+        }
         self.index
             .get_or_init(|| {
-                let mut map = HashMap::with_capacity(self.page0.len() + self.page1.len());
+                let mut map = HashMap::with_capacity_and_hasher(
+                    self.page0.len() + self.page1.len(),
+                    BuildHasherDefault::default(),
+                );
                 for (i, s) in self.page0.iter().enumerate().skip(1) {
                     let i = u8::try_from(i).expect("page 0 has at most 0xD0 entries");
                     map.insert(*s, Token::Page0(i));
@@ -178,6 +212,7 @@ mod tests {
         let mut seen = HashSet::new();
         for s in PAGE0_V1.iter().skip(1).chain(PAGE1_V1) {
             assert!(!s.is_empty());
+            assert!(s.len() <= MAX_TOKEN_LEN, "{s} is longer than MAX_TOKEN_LEN");
             assert!(seen.insert(*s), "duplicate token {s}");
         }
     }
@@ -185,7 +220,7 @@ mod tests {
     #[test]
     fn lookup_is_the_inverse_of_the_tables() {
         let d = Dictionary::current();
-        for b in 1..=u8::MAX {
+        for b in 0..=u8::MAX {
             if let Some(s) = d.page0_str(b) {
                 assert_eq!(d.token(s), Some(Token::Page0(b)));
             }
