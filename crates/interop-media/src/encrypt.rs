@@ -82,7 +82,6 @@ impl Encryptor {
     /// Encrypts the next chunk of plaintext, appending the ciphertext that became available to
     /// `out` (whole blocks only; up to 15 bytes wait for the next call or `finish`).
     pub fn update(&mut self, mut plaintext: &[u8], out: &mut Vec<u8>) {
-        self.plaintext_hash.update(plaintext);
         self.plaintext_len = self
             .plaintext_len
             .checked_add(plaintext.len() as u64)
@@ -91,6 +90,7 @@ impl Encryptor {
         // Complete a pending partial block first.
         if self.partial_len > 0 {
             let take = (BLOCK - self.partial_len).min(plaintext.len());
+            self.plaintext_hash.update(&plaintext[..take]);
             self.partial[self.partial_len..self.partial_len + take]
                 .copy_from_slice(&plaintext[..take]);
             self.partial_len += take;
@@ -105,9 +105,21 @@ impl Encryptor {
 
         let whole = plaintext.len() - plaintext.len() % BLOCK;
         if whole > 0 {
-            self.encrypt_append(&plaintext[..whole], out);
+            let start = out.len();
+            out.resize(start + whole, 0);
+            // Interleave the serial CBC chain with the hashes in small steps, so the CPU can
+            // run the SHA-256 work while AES waits on the previous block.
+            for (plain, dst) in
+                plaintext[..whole].chunks(INTERLEAVE).zip(out[start..].chunks_mut(INTERLEAVE))
+            {
+                self.plaintext_hash.update(plain);
+                encrypt_blocks(&mut self.cbc, plain, dst);
+                self.mac.update(dst);
+                self.encrypted_hash.update(dst);
+            }
         }
         let rest = &plaintext[whole..];
+        self.plaintext_hash.update(rest);
         self.partial[..rest.len()].copy_from_slice(rest);
         self.partial_len = rest.len();
     }
@@ -133,20 +145,27 @@ impl Encryptor {
         }
     }
 
-    /// Encrypts whole blocks of `plain` and appends them to `out`, feeding MAC and file hash.
-    fn encrypt_append(&mut self, plain: &[u8], out: &mut Vec<u8>) {
-        debug_assert_eq!(plain.len() % BLOCK, 0);
+    /// Encrypts one block and appends it to `out`, feeding MAC and file hash.
+    fn encrypt_append(&mut self, block: &[u8; BLOCK], out: &mut Vec<u8>) {
         let start = out.len();
-        out.resize(start + plain.len(), 0);
-        let dst = &mut out[start..];
-        let buf = InOutBuf::new(plain, dst).expect("input and output have the same length");
-        let (blocks, tail) = buf.into_chunks();
-        debug_assert!(tail.is_empty());
-        self.cbc.encrypt_blocks_inout_mut(blocks);
+        out.resize(start + BLOCK, 0);
+        encrypt_blocks(&mut self.cbc, block, &mut out[start..]);
         let ciphertext = &out[start..];
         self.mac.update(ciphertext);
         self.encrypted_hash.update(ciphertext);
     }
+}
+
+/// Bytes encrypted between hash updates: one SHA-256 block, four AES blocks.
+const INTERLEAVE: usize = 64;
+
+/// CBC-encrypts whole blocks from `plain` into `dst` (same length).
+fn encrypt_blocks(cbc: &mut cbc::Encryptor<Aes256>, plain: &[u8], dst: &mut [u8]) {
+    debug_assert_eq!(plain.len() % BLOCK, 0);
+    let buf = InOutBuf::new(plain, dst).expect("input and output have the same length");
+    let (blocks, tail) = buf.into_chunks();
+    debug_assert!(tail.is_empty());
+    cbc.encrypt_blocks_inout_mut(blocks);
 }
 
 impl fmt::Debug for Encryptor {
