@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use interop_client::{ConnectOptions, Connection};
+use interop_noise::TrustAnchor;
 use interop_server::gatekeeper::{Gatekeeper, GatekeeperConfig};
 use interop_stanza::Node;
 
 struct Running {
     addr: String,
+    root: [u8; 32],
     key: [u8; 32],
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -26,16 +28,17 @@ impl Running {
         .unwrap();
         let addr = gk.local_addr().unwrap().to_string();
         let key = gk.public_key();
+        let root = gk.root_key();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(gk.run(async move {
             let _ = stopped.await;
         }));
-        Self { addr, key, _dir: dir, stop: Some(stop), task }
+        Self { addr, root, key, _dir: dir, stop: Some(stop), task }
     }
 
     fn options(&self, account: &str) -> ConnectOptions {
         let mut o = ConnectOptions::new(&self.addr, account);
-        o.server_key = Some(self.key);
+        o.trust_anchor = Some(TrustAnchor::new(self.root).unwrap());
         o
     }
 
@@ -92,15 +95,60 @@ async fn a_message_to_nobody_is_refused_with_a_reason() {
 }
 
 #[tokio::test]
-async fn a_client_refuses_a_server_with_another_key() {
+async fn a_client_refuses_a_server_certified_under_another_root() {
     let gk = Running::start().await;
+    let other = Running::start().await;
     let mut opts = gk.options("alice");
-    opts.server_key = Some([9u8; 32]);
+    opts.trust_anchor = Some(TrustAnchor::new(other.root).unwrap());
     let err = Connection::connect(&opts).await.unwrap_err();
     assert!(
-        matches!(err, interop_client::Error::Transport(interop_noise::Error::UnexpectedServerKey)),
+        matches!(
+            err,
+            interop_client::Error::Transport(interop_noise::Error::BadCertificate(
+                interop_noise::CertError::BadSignature
+            ))
+        ),
         "{err:?}"
     );
+    gk.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_without_a_trust_anchor_refuses_to_connect() {
+    let gk = Running::start().await;
+    let mut opts = gk.options("alice");
+    opts.trust_anchor = None;
+    let err = Connection::connect(&opts).await.unwrap_err();
+    assert!(matches!(err, interop_client::Error::NoTrustAnchor), "{err:?}");
+    assert!(err.to_string().contains("--root-key"));
+    gk.stop().await;
+}
+
+#[tokio::test]
+async fn a_cached_server_key_resumes_with_ik_and_a_stale_one_falls_back_to_xx() {
+    let gk = Running::start().await;
+    let mut opts = gk.options("alice");
+    let first = Connection::connect(&opts).await.unwrap();
+    assert!(!first.resumed());
+    assert_eq!(first.server_key(), gk.key);
+    first.close().await.unwrap();
+
+    opts.cached_server_key = Some(gk.key);
+    let mut resumed = Connection::connect(&opts).await.unwrap();
+    assert!(resumed.resumed());
+    // The session works: a message to oneself comes back.
+    resumed
+        .send(&Node::new("message").with_attr("id", "r").with_attr("to", "alice"))
+        .await
+        .unwrap();
+    assert_eq!(next_with_tag(&mut resumed, "message").await.attr("id"), Some("r"));
+
+    // A key the server no longer has (say, before a rotation): XX on the same connection.
+    opts.cached_server_key = Some(Running::start().await.key);
+    let fallback = Connection::connect(&opts).await.unwrap();
+    assert!(!fallback.resumed());
+    assert_eq!(fallback.server_key(), gk.key);
     gk.stop().await;
 }
 
@@ -108,9 +156,11 @@ async fn a_client_refuses_a_server_with_another_key() {
 async fn an_unreachable_server_is_a_clear_error() {
     // Bind then drop a listener to get a port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let err = Connection::connect(&ConnectOptions::new(format!("127.0.0.1:{port}"), "a"))
-        .await
-        .unwrap_err();
+    let mut opts = ConnectOptions::new(format!("127.0.0.1:{port}"), "a");
+    // Any root will do: the connection fails before the handshake.
+    opts.trust_anchor =
+        Some(interop_noise::cert::RootKey::from_bytes(&[1; 32]).unwrap().trust_anchor());
+    let err = Connection::connect(&opts).await.unwrap_err();
     assert!(matches!(err, interop_client::Error::Unreachable { .. }), "{err:?}");
     assert!(err.to_string().contains("cannot reach the server"));
 }

@@ -49,17 +49,17 @@ pub fn run(opts: &Options) -> Result<()> {
             let line = gk.next_line(STEP_TIMEOUT)?;
             if let Some(a) = line.strip_prefix("listening ") {
                 addr = Some(a.trim().to_owned());
-            } else if let Some(k) = line.strip_prefix("server-key ") {
+            } else if let Some(k) = line.strip_prefix("root-key ") {
                 key = Some(k.trim().to_owned());
             }
         }
         (addr.expect("loop ends with addr"), key.expect("loop ends with key"))
     };
-    t.say(&format!("gatekeeper up on {addr}"));
+    t.say(&format!("gatekeeper up on {addr} (root key {key})"));
 
     let client = |account: &str| {
         let mut c = Command::new(&client_bin);
-        c.args(["--server", &addr, "--server-key", &key, "--account", account]);
+        c.args(["--server", &addr, "--root-key", &key, "--account", account]);
         c.arg("--data-dir").arg(scratch.path().join(account));
         if opts.verbose {
             c.arg("--verbose");
@@ -67,9 +67,9 @@ pub fn run(opts: &Options) -> Result<()> {
         c
     };
 
-    // 2. Bob listens for one message.
+    // 2. Bob listens for two messages.
     let mut bob = client("bob");
-    bob.args(["listen", "--count", "1"]);
+    bob.args(["listen", "--count", "2"]);
     let bob = procs.spawn("bob", bob)?;
     bob.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("connected"))?;
     t.say("bob connected and listening");
@@ -94,8 +94,28 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     t.say("delivered: bob received alice's message");
 
+    // 5. Alice again: she cached the gatekeeper's static key, so this connection resumes with IK.
+    let text2 = "second, resumed";
+    let mut alice = client("alice");
+    alice.args(["send", "--to", "bob", text2]);
+    let out = run_to_end(alice, STEP_TIMEOUT).context("alice's second send")?;
+    for line in out.lines() {
+        t.say(&format!("alice: {line}"));
+    }
+    if !out.lines().any(|l| l.starts_with("connected") && l.ends_with("via IK")) {
+        bail!("alice's second connection did not resume with IK");
+    }
+    let line = bob.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("message"))?;
+    t.say(&format!("bob:   {line}"));
+    if !line.ends_with(&format!("text={text2}")) {
+        bail!("bob received something else: {line}");
+    }
+    t.say("delivered over an IK-resumed connection");
+
     if opts.keep {
-        t.say(&format!("--keep: gatekeeper stays up on {addr} (key {key}); press Ctrl-C to stop"));
+        t.say(&format!(
+            "--keep: gatekeeper stays up on {addr} (root key {key}); press Ctrl-C to stop"
+        ));
         procs.wait_all();
     }
     drop(procs);

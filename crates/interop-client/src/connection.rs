@@ -1,9 +1,12 @@
 //! The connection layer: TCP + Noise handshake + stanzas.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use interop_noise::proto::{ClientPayload, Product, ServerPayload};
-use interop_noise::tokio::NoiseStream;
-use interop_noise::{ClientConfig, StaticKeypair};
+use interop_noise::tokio::{Connected, NoiseStream};
+use interop_noise::{ClientConfig, StaticKeypair, TrustAnchor};
 use interop_stanza::{Node, binary};
+use rand::SeedableRng;
 use tokio::net::TcpStream;
 
 use crate::{Error, Result};
@@ -13,8 +16,12 @@ use crate::{Error, Result};
 pub struct ConnectOptions {
     /// `host:port` of the gatekeeper's chat listener.
     pub server: String,
-    /// The gatekeeper's static key; when set, any other server is refused.
-    pub server_key: Option<[u8; 32]>,
+    /// The gatekeeper's root key (and revoked serials). Required: without it `connect` refuses,
+    /// since the server could not be authenticated.
+    pub trust_anchor: Option<TrustAnchor>,
+    /// The server static key learned on an earlier connection ([`Connection::server_key`]):
+    /// when set, the handshake is IK (falling back to XX if the server's key changed).
+    pub cached_server_key: Option<[u8; 32]>,
     /// This device's Noise static key.
     pub device_key: StaticKeypair,
     /// Account identifier.
@@ -32,8 +39,9 @@ impl ConnectOptions {
     pub fn new(server: impl Into<String>, account_id: impl Into<String>) -> Self {
         Self {
             server: server.into(),
-            server_key: None,
-            device_key: StaticKeypair::generate(),
+            trust_anchor: None,
+            cached_server_key: None,
+            device_key: StaticKeypair::generate(&mut rand::rng()),
             account_id: account_id.into(),
             device_id: 1,
             product: Product::Native,
@@ -46,20 +54,19 @@ impl ConnectOptions {
 #[derive(Debug)]
 pub struct Connection {
     stream: NoiseStream<TcpStream>,
-    server: ServerPayload,
+    connected: Connected,
 }
 
 impl Connection {
-    /// Connects and runs the handshake.
+    /// Connects and runs the handshake; the server must prove a certificate chain under
+    /// `opts.trust_anchor`.
     pub async fn connect(opts: &ConnectOptions) -> Result<Self> {
+        let trust = opts.trust_anchor.clone().ok_or(Error::NoTrustAnchor)?;
         let socket = TcpStream::connect(&opts.server)
             .await
             .map_err(|source| Error::Unreachable { addr: opts.server.clone(), source })?;
         socket.set_nodelay(true)?;
-        let mut config = ClientConfig::new(opts.device_key.clone());
-        if let Some(key) = opts.server_key {
-            config = config.expect_server_key(key);
-        }
+        let config = ClientConfig::new(opts.device_key.clone(), trust);
         let payload = ClientPayload {
             product: opts.product as i32,
             account_id: opts.account_id.clone(),
@@ -67,13 +74,34 @@ impl Connection {
             user_agent: opts.user_agent.clone(),
             ..Default::default()
         };
-        let (stream, server) = interop_noise::tokio::connect(socket, &config, &payload).await?;
-        Ok(Self { stream, server })
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let (stream, connected) = interop_noise::tokio::connect(
+            socket,
+            &config,
+            &payload,
+            opts.cached_server_key.as_ref(),
+            now,
+            &mut rng,
+        )
+        .await?;
+        Ok(Self { stream, connected })
     }
 
     /// What the server said about itself in the handshake.
     pub fn server_payload(&self) -> &ServerPayload {
-        &self.server
+        &self.connected.server
+    }
+
+    /// The server's static key: cache it per server and pass it as
+    /// [`ConnectOptions::cached_server_key`] next time.
+    pub fn server_key(&self) -> [u8; 32] {
+        self.connected.server_key
+    }
+
+    /// Whether this connection resumed with IK (one handshake message less).
+    pub fn resumed(&self) -> bool {
+        self.connected.resumed
     }
 
     /// Sends one stanza.

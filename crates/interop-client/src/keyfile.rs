@@ -13,7 +13,7 @@ pub fn load_or_generate(path: &Path) -> Result<StaticKeypair> {
         Ok(bytes) => StaticKeypair::from_bytes(&bytes)
             .ok_or_else(|| Error::Local(format!("{} is not a key file", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let keys = StaticKeypair::generate();
+            let keys = StaticKeypair::generate(&mut rand::rng());
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -28,4 +28,34 @@ pub fn load_or_generate(path: &Path) -> Result<StaticKeypair> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The server static key cached for `server` in `dir` (for IK), if any.
+pub fn cached_server_key(dir: &Path, server: &str) -> Result<Option<[u8; 32]>> {
+    match std::fs::read(server_key_path(dir, server)) {
+        Ok(bytes) => Ok(bytes.try_into().ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Caches `key` as the static key of `server` in `dir`.
+pub fn cache_server_key(dir: &Path, server: &str, key: &[u8; 32]) -> Result<()> {
+    let path = server_key_path(dir, server);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, key)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// `<dir>/server-keys/<server>` with every byte outside `[A-Za-z0-9.-]` replaced by `_`.
+fn server_key_path(dir: &Path, server: &str) -> std::path::PathBuf {
+    let name: String = server
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    dir.join("server-keys").join(name)
 }

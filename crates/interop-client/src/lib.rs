@@ -27,6 +27,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// No trust anchor (root key) is configured, so the server could not be authenticated.
+    #[error(
+        "no trust anchor configured: pass the gatekeeper's root key (--root-key or INTEROP_ROOT_KEY)"
+    )]
+    NoTrustAnchor,
     /// The transport failed (handshake refused, connection broken, bad frame).
     #[error("transport: {0}")]
     Transport(#[from] interop_noise::Error),

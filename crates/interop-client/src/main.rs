@@ -14,9 +14,10 @@ struct Cli {
     /// The gatekeeper's chat address.
     #[arg(long, default_value = "127.0.0.1:5222", env = "INTEROP_SERVER")]
     server: String,
-    /// The gatekeeper's static public key (hex); the connection is refused if it differs.
-    #[arg(long, env = "INTEROP_SERVER_KEY")]
-    server_key: Option<String>,
+    /// The gatekeeper's root public key (hex, printed by `interop-server gatekeeper` as
+    /// `root-key`). Required: the client refuses servers it cannot authenticate.
+    #[arg(long, env = "INTEROP_ROOT_KEY")]
+    root_key: Option<String>,
     /// Your account identifier.
     #[arg(long, env = "INTEROP_ACCOUNT")]
     account: String,
@@ -56,16 +57,27 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut opts = ConnectOptions::new(&cli.server, &cli.account);
     opts.device_id = cli.device;
-    if let Some(hex_key) = &cli.server_key {
-        let bytes = hex::decode(hex_key).context("--server-key is not hex")?;
-        opts.server_key =
-            Some(bytes.try_into().map_err(|_| anyhow::anyhow!("--server-key must be 32 bytes"))?);
+    if let Some(hex_key) = &cli.root_key {
+        let bytes = hex::decode(hex_key).context("--root-key is not hex")?;
+        let root: [u8; 32] =
+            bytes.try_into().map_err(|_| anyhow::anyhow!("--root-key must be 32 bytes"))?;
+        opts.trust_anchor = Some(
+            interop_noise::TrustAnchor::new(root)
+                .context("--root-key is not an Ed25519 public key")?,
+        );
     }
     if let Some(dir) = &cli.data_dir {
         opts.device_key = keyfile::load_or_generate(&dir.join("device.key"))?;
+        opts.cached_server_key = keyfile::cached_server_key(dir, &cli.server)?;
     }
     let mut conn = Connection::connect(&opts).await?;
-    println!("connected as {}", cli.account);
+    if let Some(dir) = &cli.data_dir
+        && opts.cached_server_key != Some(conn.server_key())
+    {
+        keyfile::cache_server_key(dir, &cli.server, &conn.server_key())?;
+    }
+    let how = if conn.resumed() { "IK" } else { "XX" };
+    println!("connected as {} via {how}", cli.account);
     match cli.command {
         Command::Send { to, text } => {
             let id = hex::encode(rand::rng().random::<[u8; 8]>());

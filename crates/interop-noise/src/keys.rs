@@ -1,8 +1,7 @@
 //! Static X25519 key pairs.
 
+use rand_core::CryptoRng;
 use zeroize::Zeroizing;
-
-use crate::NOISE_XX;
 
 /// A Noise static key pair (X25519). The private half is zeroed on drop and never printed.
 #[derive(Clone)]
@@ -34,12 +33,9 @@ impl std::fmt::Debug for Hex<'_> {
 }
 
 impl StaticKeypair {
-    /// A fresh key pair from the operating system's randomness.
-    pub fn generate() -> Self {
-        let params = NOISE_XX.parse().expect("NOISE_XX is a valid pattern name");
-        let kp = snow::Builder::new(params)
-            .generate_keypair()
-            .expect("X25519 key generation does not fail with the default resolver");
+    /// A fresh key pair from `rng`.
+    pub fn generate(rng: &mut impl CryptoRng) -> Self {
+        let kp = crate::resolver::generate_keypair(rng);
         Self::from_parts(&kp.private, &kp.public).expect("snow returns 32-byte X25519 keys")
     }
 
@@ -70,11 +66,13 @@ impl StaticKeypair {
 
 #[cfg(test)]
 mod tests {
+    use rand_core::SeedableRng;
+
     use super::*;
 
     #[test]
     fn storage_form_round_trips_and_debug_hides_the_private_key() {
-        let k = StaticKeypair::generate();
+        let k = StaticKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1));
         let back = StaticKeypair::from_bytes(&k.to_bytes()[..]).unwrap();
         assert_eq!(back.public, k.public);
         assert_eq!(back.private, k.private);

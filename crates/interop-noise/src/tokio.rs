@@ -1,12 +1,16 @@
 //! Tokio adapter: a framed, encrypted stream over any `AsyncRead + AsyncWrite`.
+//!
+//! [`connect`] runs the client side (IK when a server key is cached, falling back to XX when the
+//! server asks), [`accept`] the server side. Both return only once the peer is authenticated.
 
+use rand_core::CryptoRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::frame::FrameDecoder;
 use crate::proto::{ClientPayload, ServerPayload};
 use crate::{
-    ClientConfig, ClientHandshake, ConnectionHeader, Error, Result, ServerConfig, ServerHandshake,
-    Transport,
+    ClientConfig, ClientDone, ClientHandshake, ConnectionHeader, Error, IkReply, Result,
+    ServerConfig, ServerHandshake, ServerStep, Transport,
 };
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -26,10 +30,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
         Self { io, transport, decoder, chunk: vec![0u8; READ_CHUNK].into(), out: Vec::new() }
     }
 
-    /// Encrypts and writes one message.
+    /// Encrypts and writes one message (fragmented if large).
     pub async fn send(&mut self, message: &[u8]) -> Result<()> {
         self.out.clear();
-        self.transport.encrypt_frame_into(message, &mut self.out)?;
+        self.transport.encrypt_stanza_into(message, &mut self.out)?;
         self.io.write_all(&self.out).await?;
         Ok(())
     }
@@ -40,8 +44,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
     /// Cancel-safe: bytes already read stay buffered, so it may be used in `tokio::select!`.
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>> {
         loop {
-            if let Some(body) = self.decoder.next_frame()? {
-                return self.transport.decrypt(&body).map(Some);
+            while let Some(body) = self.decoder.next_frame()? {
+                if let Some(message) = self.transport.decrypt(&body)? {
+                    return Ok(Some(message));
+                }
             }
             let n = self.io.read(&mut self.chunk).await?;
             if n == 0 {
@@ -75,19 +81,57 @@ async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// Runs the client side of the handshake on `io`.
-pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+/// What the client learned in the handshake.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    /// The server's payload (its chain already verified).
+    pub server: ServerPayload,
+    /// The server's static key: cache it and pass it to the next [`connect`] for IK.
+    pub server_key: [u8; 32],
+    /// Whether IK resumption succeeded.
+    pub resumed: bool,
+}
+
+/// Runs the client side of the handshake on `io`: IK with `cached_server_key` when given
+/// (falling back to XX if the server asks), XX otherwise. `now` is seconds since the Unix
+/// epoch, for the certificate checks.
+pub async fn connect<S, R>(
     mut io: S,
     config: &ClientConfig,
     payload: &ClientPayload,
-) -> Result<(NoiseStream<S>, ServerPayload)> {
-    let (expect_hello, first) = ClientHandshake::start(config, payload)?;
-    io.write_all(&first).await?;
+    cached_server_key: Option<&[u8; 32]>,
+    now: u64,
+    rng: &mut R,
+) -> Result<(NoiseStream<S>, Connected)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: CryptoRng,
+{
     let mut decoder = FrameDecoder::default();
-    let hello = read_frame(&mut io, &mut decoder).await?;
-    let (transport, server_payload, finish) = expect_hello.handle_server_hello(&hello)?;
-    io.write_all(&finish).await?;
-    Ok((NoiseStream::new(io, transport, decoder), server_payload))
+    let (done, last) = match cached_server_key {
+        Some(key) => {
+            let (expect, first) = ClientHandshake::start_ik(config, key, payload, rng)?;
+            io.write_all(&first).await?;
+            let reply = read_frame(&mut io, &mut decoder).await?;
+            match expect.handle_reply(&reply, now, rng)? {
+                IkReply::Done(done, confirm) => (done, confirm),
+                IkReply::RetryWithXx(expect, hello) => {
+                    io.write_all(&hello).await?;
+                    let reply = read_frame(&mut io, &mut decoder).await?;
+                    expect.handle_server_hello(&reply, now)?
+                }
+            }
+        }
+        None => {
+            let (expect, first) = ClientHandshake::start_xx(config, payload, rng)?;
+            io.write_all(&first).await?;
+            let reply = read_frame(&mut io, &mut decoder).await?;
+            expect.handle_server_hello(&reply, now)?
+        }
+    };
+    io.write_all(&last).await?;
+    let ClientDone { transport, server, server_key, resumed } = done;
+    Ok((NoiseStream::new(io, transport, decoder), Connected { server, server_key, resumed }))
 }
 
 /// A connection the server accepted, with who the client said it is.
@@ -99,79 +143,140 @@ pub struct Accepted<S> {
     pub payload: ClientPayload,
     /// The static key the client proved it holds.
     pub client_key: [u8; 32],
+    /// Whether the client resumed with IK.
+    pub resumed: bool,
 }
 
-/// Runs the server side of the handshake on `io`.
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+/// Runs the server side of the handshake on `io`. Returns once the client is authenticated
+/// (after `client_finish` for XX, after the key confirmation for IK).
+pub async fn accept<S, R>(
     mut io: S,
     config: &ServerConfig,
-    server_payload: &ServerPayload,
-) -> Result<Accepted<S>> {
+    server_time_ms: u64,
+    rng: &mut R,
+) -> Result<Accepted<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: CryptoRng,
+{
     let mut header = [0u8; ConnectionHeader::LEN];
     io.read_exact(&mut header).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => Error::Truncated,
         _ => Error::Io(e),
     })?;
-    let expect_client_hello = ServerHandshake::handle_header(config, &header)?;
+    let mut expect_hello = ServerHandshake::handle_header(config, &header)?;
     let mut decoder = FrameDecoder::default();
-    let hello = read_frame(&mut io, &mut decoder).await?;
-    let (expect_finish, reply) = expect_client_hello.handle_client_hello(&hello, server_payload)?;
-    io.write_all(&reply).await?;
-    let finish = read_frame(&mut io, &mut decoder).await?;
-    let done = expect_finish.handle_client_finish(&finish)?;
+    let done = loop {
+        let hello = read_frame(&mut io, &mut decoder).await?;
+        match expect_hello.handle_client_hello(&hello, server_time_ms, rng)? {
+            ServerStep::Xx(expect_finish, reply) => {
+                io.write_all(&reply).await?;
+                let finish = read_frame(&mut io, &mut decoder).await?;
+                break expect_finish.handle_client_finish(&finish)?;
+            }
+            ServerStep::Ik(expect_confirm, reply) => {
+                io.write_all(&reply).await?;
+                let confirm = read_frame(&mut io, &mut decoder).await?;
+                break expect_confirm.handle_confirm(&confirm)?;
+            }
+            ServerStep::RetryWithXx(next, retry) => {
+                io.write_all(&retry).await?;
+                expect_hello = next;
+            }
+        }
+    };
     Ok(Accepted {
         stream: NoiseStream::new(io, done.transport, decoder),
         payload: done.payload,
         client_key: done.client_key,
+        resumed: done.resumed,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
     use super::*;
     use crate::StaticKeypair;
+    use crate::cert::{IntermediateKey, RootKey, Validity};
+    use crate::proto::CertificateChain;
 
-    #[tokio::test]
-    async fn handshake_and_messages_over_a_duplex_pipe() {
-        // Large enough for the messages below: the test writes before it reads.
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let server_keys = StaticKeypair::generate();
-        let server = ServerConfig::new(server_keys.clone());
-        let client =
-            ClientConfig::new(StaticKeypair::generate()).expect_server_key(server_keys.public);
-        let client_pub = *client.public_key();
-        let payload =
-            ClientPayload { account_id: "bob".into(), device_id: 2, ..Default::default() };
-        let (client_side, server_side) = tokio::join!(
-            connect(a, &client, &payload),
-            accept(b, &server, &ServerPayload { server_time_ms: 42 })
-        );
-        let (mut c, sp) = client_side.unwrap();
-        let mut s = server_side.unwrap();
-        assert_eq!(sp.server_time_ms, 42);
-        assert_eq!(s.payload.account_id, "bob");
-        assert_eq!(s.client_key, client_pub);
-        c.send(b"one").await.unwrap();
-        c.send(&[7u8; 5000]).await.unwrap();
-        assert_eq!(s.stream.recv().await.unwrap().unwrap(), b"one");
-        assert_eq!(s.stream.recv().await.unwrap().unwrap(), vec![7u8; 5000]);
-        s.stream.send(b"back").await.unwrap();
-        assert_eq!(c.recv().await.unwrap().unwrap(), b"back");
-        c.shutdown().await.unwrap();
-        drop(c);
-        assert!(s.stream.recv().await.unwrap().is_none());
+    const NOW: u64 = 1_700_000_000;
+
+    fn server(rng: &mut ChaCha20Rng, root: &RootKey) -> ServerConfig {
+        let window = Validity { not_before: NOW - 10, not_after: NOW + 10 };
+        let inter = IntermediateKey::generate(rng);
+        let keys = StaticKeypair::generate(rng);
+        let chain = CertificateChain {
+            intermediate: Some(root.issue_intermediate(&inter, 1, window)),
+            leaf: Some(inter.issue_leaf(1, &keys.public, 2, window)),
+        };
+        ServerConfig::new(keys, chain)
     }
 
     #[tokio::test]
-    async fn wrong_server_key_is_refused() {
-        let (a, b) = tokio::io::duplex(1024);
-        let server = ServerConfig::new(StaticKeypair::generate());
-        let client = ClientConfig::new(StaticKeypair::generate())
-            .expect_server_key(StaticKeypair::generate().public);
+    async fn xx_then_ik_then_stale_ik_over_a_duplex_pipe() {
+        let rng = &mut ChaCha20Rng::seed_from_u64(3);
+        let root = RootKey::generate(rng);
+        let server_cfg = server(rng, &root);
+        let client = ClientConfig::new(StaticKeypair::generate(rng), root.trust_anchor());
+        let client_pub = *client.public_key();
+        let payload =
+            ClientPayload { account_id: "bob".into(), device_id: 2, ..Default::default() };
+
+        let mut cached = None;
+        for (round, server_cfg, want_resumed) in [
+            (0, server_cfg.clone(), false),
+            (1, server_cfg.clone(), true),
+            // The server rotated its key: the cached key is stale, IK falls back to XX.
+            (2, server(rng, &root), false),
+        ] {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let mut crng = ChaCha20Rng::seed_from_u64(100 + round);
+            let mut srng = ChaCha20Rng::seed_from_u64(200 + round);
+            let (client_side, server_side) = tokio::join!(
+                connect(a, &client, &payload, cached.as_ref(), NOW, &mut crng),
+                accept(b, &server_cfg, 42, &mut srng)
+            );
+            let (mut c, connected) = client_side.unwrap();
+            let mut s = server_side.unwrap();
+            assert_eq!(connected.resumed, want_resumed, "round {round}");
+            assert_eq!(s.resumed, want_resumed, "round {round}");
+            assert_eq!(connected.server.server_time_ms, 42);
+            assert_eq!(&connected.server_key, server_cfg.public_key());
+            assert_eq!(s.payload.account_id, "bob");
+            assert_eq!(s.client_key, client_pub);
+            cached = Some(connected.server_key);
+
+            c.send(b"one").await.unwrap();
+            c.send(&[7u8; 200_000]).await.unwrap();
+            assert_eq!(s.stream.recv().await.unwrap().unwrap(), b"one");
+            assert_eq!(s.stream.recv().await.unwrap().unwrap(), vec![7u8; 200_000]);
+            s.stream.send(b"back").await.unwrap();
+            assert_eq!(c.recv().await.unwrap().unwrap(), b"back");
+            c.shutdown().await.unwrap();
+            drop(c);
+            assert!(s.stream.recv().await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_under_another_root_is_refused() {
+        let rng = &mut ChaCha20Rng::seed_from_u64(4);
+        let other_root = RootKey::generate(rng);
+        let server_cfg = server(rng, &other_root);
+        let client =
+            ClientConfig::new(StaticKeypair::generate(rng), RootKey::generate(rng).trust_anchor());
+        let (a, b) = tokio::io::duplex(4096);
+        let mut crng = ChaCha20Rng::seed_from_u64(5);
+        let mut srng = ChaCha20Rng::seed_from_u64(6);
         let payload = ClientPayload::default();
-        let server_payload = ServerPayload::default();
-        let (client_side, _server_side) =
-            tokio::join!(connect(a, &client, &payload), accept(b, &server, &server_payload));
-        assert!(matches!(client_side, Err(Error::UnexpectedServerKey)));
+        let (client_side, _server_side) = tokio::join!(
+            connect(a, &client, &payload, None, NOW, &mut crng),
+            accept(b, &server_cfg, 0, &mut srng)
+        );
+        assert!(matches!(client_side, Err(Error::BadCertificate(crate::CertError::BadSignature))));
     }
 }

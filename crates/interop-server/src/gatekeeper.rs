@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use interop_noise::proto::ServerPayload;
+use interop_noise::ServerConfig;
 use interop_noise::tokio::{Accepted, NoiseStream};
-use interop_noise::{ServerConfig, StaticKeypair};
 use interop_stanza::{Node, binary};
+use rand::SeedableRng;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -35,20 +35,20 @@ pub struct GatekeeperConfig {
 pub struct Gatekeeper {
     listener: TcpListener,
     noise: Arc<ServerConfig>,
-    keys: StaticKeypair,
+    identity: keyfile::ServerIdentity,
     router: Arc<Router>,
 }
 
 impl Gatekeeper {
-    /// Loads (or creates) the server key in the data directory and binds the listener.
+    /// Loads (or creates) the server key, the root and intermediate keys and the certificate
+    /// chain in the data directory (see [`keyfile`]) and binds the listener.
     pub async fn bind(config: &GatekeeperConfig) -> Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)?;
-        let keys = keyfile::load_or_generate(&config.data_dir.join("server_static.key"))?;
+        let identity = keyfile::load_or_create_identity(&config.data_dir, now_ms() / 1000)?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,
-            noise: Arc::new(ServerConfig::new(keys.clone())),
-            keys,
+            noise: Arc::new(ServerConfig::new(identity.keys.clone(), identity.chain.clone())),
+            identity,
             router: Arc::default(),
         })
     }
@@ -58,9 +58,14 @@ impl Gatekeeper {
         Ok(self.listener.local_addr()?)
     }
 
-    /// The server's public static key, which clients expect.
+    /// The server's public static key (clients learn it in the handshake and cache it).
     pub fn public_key(&self) -> [u8; 32] {
-        self.keys.public
+        self.identity.keys.public
+    }
+
+    /// The root public key clients pin (`--root-key`).
+    pub fn root_key(&self) -> [u8; 32] {
+        self.identity.root_public
     }
 
     /// Accepts connections until `shutdown` resolves.
@@ -122,9 +127,11 @@ fn now_ms() -> u64 {
 
 async fn serve_connection(socket: TcpStream, noise: &ServerConfig, router: &Router) -> Result<()> {
     socket.set_nodelay(true)?;
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    // Returns only once the client is authenticated (for IK: after its key confirmation, so a
+    // replayed first message creates no session).
     let Accepted { mut stream, payload, .. } =
-        interop_noise::tokio::accept(socket, noise, &ServerPayload { server_time_ms: now_ms() })
-            .await?;
+        interop_noise::tokio::accept(socket, noise, now_ms(), &mut rng).await?;
     let account = payload.account_id;
     let (tx, mut rx) = mpsc::channel(OUTBOX);
     let id = router.register(&account, tx);

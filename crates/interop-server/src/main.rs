@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("starting the gatekeeper")?;
             // Machine-readable start-up lines (xtask e2e and scripts read them).
+            println!("root-key {}", hex::encode(gk.root_key()));
             println!("server-key {}", hex::encode(gk.public_key()));
             println!("listening {}", gk.local_addr()?);
             tracing::info!("gatekeeper ready");

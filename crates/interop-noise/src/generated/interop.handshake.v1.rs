@@ -2,24 +2,37 @@
 /// One handshake frame. Exactly one field is set.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HandshakeMessage {
-    #[prost(oneof = "handshake_message::Message", tags = "1, 2, 3")]
+    #[prost(oneof = "handshake_message::Message", tags = "1, 2, 3, 4, 5, 6")]
     pub message: ::core::option::Option<handshake_message::Message>,
 }
 /// Nested message and enum types in `HandshakeMessage`.
 pub mod handshake_message {
     #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
     pub enum Message {
-        /// Noise message 1, client to server.
+        /// XX message 1, client to server: `-> e`, empty payload.
         #[prost(bytes, tag = "1")]
         ClientHello(::prost::bytes::Bytes),
-        /// Noise message 2, server to client.
+        /// XX message 2, server to client: `<- e, ee, s, es`, payload ServerPayload.
         #[prost(bytes, tag = "2")]
         ServerHello(::prost::bytes::Bytes),
-        /// Noise message 3 (XX only), client to server.
+        /// XX message 3, client to server: `-> s, se`, payload ClientPayload.
         #[prost(bytes, tag = "3")]
         ClientFinish(::prost::bytes::Bytes),
+        /// IK message 1, client to server: `-> e, es, s, ss`, payload ClientPayload.
+        #[prost(bytes, tag = "4")]
+        IkHello(::prost::bytes::Bytes),
+        /// IK message 2, server to client: `<- e, ee, se`, payload ServerPayload.
+        #[prost(bytes, tag = "5")]
+        IkReply(::prost::bytes::Bytes),
+        /// Plain (unencrypted) answer to an IK hello the server could not decrypt: the client runs
+        /// XX on the same connection, starting with a fresh `client_hello`.
+        #[prost(message, tag = "6")]
+        RetryWithXx(super::RetryWithXx),
     }
 }
+/// Empty: its presence is the whole message.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RetryWithXx {}
 /// Sent by the client inside the (encrypted) handshake: who is connecting.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ClientPayload {
@@ -39,11 +52,51 @@ pub struct ClientPayload {
     pub read_receipts: bool,
 }
 /// Sent by the server inside the (encrypted) handshake.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ServerPayload {
     /// Server time, milliseconds since the Unix epoch.
     #[prost(uint64, tag = "1")]
     pub server_time_ms: u64,
+    /// The certificates binding the server's Noise static key to the root the client pins.
+    #[prost(message, optional, tag = "2")]
+    pub chain: ::core::option::Option<CertificateChain>,
+}
+/// What a certificate says. Signed in its encoded form (see Certificate.details).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CertificateDetails {
+    /// Non-zero, unique per issuer key.
+    #[prost(uint64, tag = "1")]
+    pub serial: u64,
+    /// Serial of the issuing certificate; 0 when the issuer is the root key.
+    #[prost(uint64, tag = "2")]
+    pub issuer_serial: u64,
+    #[prost(enumeration = "CertificateRole", tag = "3")]
+    pub role: i32,
+    /// INTERMEDIATE: a 32-byte Ed25519 public key. LEAF: the server's 32-byte X25519 Noise static key.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub key: ::prost::bytes::Bytes,
+    /// Validity window, seconds since the Unix epoch, both inclusive.
+    #[prost(uint64, tag = "5")]
+    pub not_before: u64,
+    #[prost(uint64, tag = "6")]
+    pub not_after: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Certificate {
+    /// The encoded CertificateDetails, exactly the bytes that were signed.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub details: ::prost::bytes::Bytes,
+    /// Ed25519 signature by the issuer over "interop-cert-v1" 0x00 || details (64 bytes).
+    #[prost(bytes = "bytes", tag = "2")]
+    pub signature: ::prost::bytes::Bytes,
+}
+/// Intermediate (signed by the root key) and leaf (signed by the intermediate's key).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CertificateChain {
+    #[prost(message, optional, tag = "1")]
+    pub intermediate: ::core::option::Option<Certificate>,
+    #[prost(message, optional, tag = "2")]
+    pub leaf: ::core::option::Option<Certificate>,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -72,6 +125,35 @@ impl Product {
             "PRODUCT_UNSPECIFIED" => Some(Self::Unspecified),
             "PRODUCT_NATIVE" => Some(Self::Native),
             "PRODUCT_INTEROP" => Some(Self::Interop),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CertificateRole {
+    Unspecified = 0,
+    Intermediate = 1,
+    Leaf = 2,
+}
+impl CertificateRole {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CERTIFICATE_ROLE_UNSPECIFIED",
+            Self::Intermediate => "CERTIFICATE_ROLE_INTERMEDIATE",
+            Self::Leaf => "CERTIFICATE_ROLE_LEAF",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CERTIFICATE_ROLE_UNSPECIFIED" => Some(Self::Unspecified),
+            "CERTIFICATE_ROLE_INTERMEDIATE" => Some(Self::Intermediate),
+            "CERTIFICATE_ROLE_LEAF" => Some(Self::Leaf),
             _ => None,
         }
     }
