@@ -16,6 +16,7 @@ pub mod gatekeeper;
 pub mod iq;
 pub mod keyfile;
 pub mod outbound;
+pub mod provider;
 pub mod push;
 pub mod ratelimit;
 pub mod store;

@@ -124,7 +124,7 @@ CREATE TABLE blocks (
     ),
 ];
 
-fn storage(e: sqlx::Error) -> Error {
+pub(crate) fn storage(e: sqlx::Error) -> Error {
     Error::Storage(e.to_string())
 }
 
@@ -158,7 +158,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let mut writer = SqliteConnection::connect_with(&options).await.map_err(storage)?;
-        migrate(&mut writer).await?;
+        migrate(&mut writer, MIGRATIONS).await?;
         let writes = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -206,7 +206,9 @@ impl SqliteStore {
     }
 }
 
-async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+/// Applies the migrations of `MIGRATIONS`-style lists newer than the database's version, each
+/// in its own transaction; refuses a database newer than the list.
+pub(crate) async fn migrate(conn: &mut SqliteConnection, migrations: &[(i64, &str)]) -> Result<()> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
     )
@@ -218,7 +220,7 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
         .await
         .map_err(storage)?
         .get("v");
-    if let Some(&(newest, _)) = MIGRATIONS.last()
+    if let Some(&(newest, _)) = migrations.last()
         && current > newest
     {
         return Err(Error::Config(format!(
@@ -226,7 +228,7 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
              run a newer interop-server"
         )));
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
         let mut tx = conn.begin().await.map_err(storage)?;
         sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(storage)?;
         sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES (?, datetime('now'))")
