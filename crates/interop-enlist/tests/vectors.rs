@@ -110,3 +110,57 @@ fn issuer_configuration_is_checked() {
         (Alg::EdDSA, ring.current().kid(), Ok("https://id.example.org"))
     );
 }
+
+#[test]
+fn eddsa_token_vector() {
+    use base64::Engine as _;
+    use interop_enlist::cache::{FetchKind, FetchResponse, HttpResponse};
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../test-vectors/enlist/token-eddsa.json"
+    ))
+    .expect("vector file");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    let s = |k: &str| v[k].as_str().expect("string").to_owned();
+    let seed =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s("seed_b64url")).expect("b64");
+    let key = SigningKey::ed25519_from_seed(&seed.try_into().expect("32 bytes"));
+    assert_eq!(key.verification_key().to_jwk(), v["jwk"]);
+    let token = sign_raw(&key, s("header").as_bytes(), s("claims").as_bytes()).expect("sign");
+    assert_eq!(token, s("token"), "deterministic Ed25519 reproduces the token");
+
+    let device = Thumbprint::of_x25519(&hex32(&s("device_public_key_hex")));
+    let issuer = "https://id.example.org";
+    // Keys fetched shortly before the token's times (they stay usable for 24 h).
+    let fetched = UnixTime::from_secs(1_799_990_000);
+    let mut registry = Registry::new(GatekeeperConfig::new(&s("audience")));
+    let entry = ProviderEntry::new(
+        issuer,
+        "example",
+        "https://id.example.org/push",
+        "https://m.example.org/",
+    );
+    registry.upsert(entry, fetched).expect("entry");
+    while let Some(req) = registry.poll_fetch(fetched) {
+        let body = match req.kind {
+            FetchKind::Discovery => {
+                DiscoveryDocument::for_issuer(issuer, vec![Alg::EdDSA]).to_json()
+            }
+            FetchKind::Jwks => serde_json::json!({ "keys": [v["jwk"].clone()] }),
+        };
+        let ok =
+            HttpResponse { status: 200, cache_control: None, body: body.to_string().into_bytes() };
+        let response = FetchResponse { ticket: req.ticket, result: Ok(ok) };
+        registry.handle_fetch(fetched, response).expect("fetch");
+    }
+    for at in v["accepted_at"].as_array().expect("list") {
+        let now = UnixTime::from_secs(at.as_u64().expect("time"));
+        let who = registry.verify(&token, &device, now).expect("accepted");
+        assert_eq!(who.key(), (issuer, "alice@id.example.org"));
+    }
+    for case in v["refused_at"].as_array().expect("list") {
+        let now = UnixTime::from_secs(case[0].as_u64().expect("time"));
+        let err = registry.verify(&token, &device, now).expect_err("refused");
+        assert_eq!(err.refusal().map(Refusal::as_str), case[1].as_str());
+    }
+}
