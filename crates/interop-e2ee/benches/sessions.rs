@@ -147,8 +147,9 @@ fn bare() -> Bare {
     bare
 }
 
-fn bare_encrypt_ab(b: &mut Bare) -> ls::CiphertextMessage {
-    block_on(ls::message_encrypt(
+/// Bare libsignal doing the same job as our API: bytes out.
+fn bare_encrypt_ab(b: &mut Bare) -> (bool, Vec<u8>) {
+    let m = block_on(ls::message_encrypt(
         PLAINTEXT,
         &b.ba,
         &mut b.a.session_store,
@@ -156,12 +157,21 @@ fn bare_encrypt_ab(b: &mut Bare) -> ls::CiphertextMessage {
         now(),
         &mut b.rng,
     ))
-    .unwrap()
+    .unwrap();
+    (matches!(m, ls::CiphertextMessage::PreKeySignalMessage(_)), m.serialize().to_vec())
 }
 
-fn bare_decrypt_b(b: &mut Bare, m: &ls::CiphertextMessage) -> Vec<u8> {
+/// Bare libsignal doing the same job as our API: bytes in (a `msg` or `pkmsg`).
+fn bare_decrypt_b(b: &mut Bare, (prekey, bytes): &(bool, Vec<u8>)) -> Vec<u8> {
+    let m = if *prekey {
+        ls::CiphertextMessage::PreKeySignalMessage(
+            ls::PreKeySignalMessage::try_from(bytes.as_slice()).unwrap(),
+        )
+    } else {
+        ls::CiphertextMessage::SignalMessage(ls::SignalMessage::try_from(bytes.as_slice()).unwrap())
+    };
     block_on(ls::message_decrypt(
-        m,
+        &m,
         &b.aa,
         &mut b.b.session_store,
         &mut b.b.identity_store,
@@ -214,6 +224,20 @@ fn benches(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    // Reference: the part of our overhead that persistence needs (libsignal's own session
+    // record codec, which the bare in-memory store never runs).
+    let mut g = c.benchmark_group("session_record");
+    let b = bare();
+    let record =
+        block_on(ls::SessionStore::load_session(&b.a.session_store, &b.ba)).unwrap().unwrap();
+    let bytes = record.serialize().unwrap();
+    g.bench_function("serialize", |bch| bch.iter(|| record.serialize().unwrap()));
+    g.bench_function("deserialize", |bch| {
+        bch.iter(|| ls::SessionRecord::deserialize(&bytes).unwrap())
+    });
+    g.finish();
+    eprintln!("session record: {} bytes", bytes.len());
 
     let mut g = c.benchmark_group("session_setup");
     let mut o = ours();

@@ -88,6 +88,7 @@ pub(crate) struct LocalIdentity {
     pub key_pair: IdentityKeyPair,
     pub registration_id: u32,
     pub sessions: SessionCache,
+    pub identities: RefCell<HashMap<DeviceAddress, IdentityRecord>>,
 }
 
 /// Committed sessions by peer, kept deserialized so an operation does not decode its session
@@ -144,8 +145,13 @@ impl<S: Storage> Account<S> {
         let key_pair = IdentityKeyPair::generate(rng);
         let registration_id = rng.random_range(1..=16380);
         let local_record = records::encode_local(&address, registration_id, &key_pair);
-        let local =
-            LocalIdentity { address, key_pair, registration_id, sessions: SessionCache::default() };
+        let local = LocalIdentity {
+            address,
+            key_pair,
+            registration_id,
+            sessions: SessionCache::default(),
+            identities: RefCell::default(),
+        };
         let mut meta = PreKeyMeta::default();
         let mut upload = {
             let tx = Tx::new(&storage, &local);
@@ -173,7 +179,11 @@ impl<S: Storage> Account<S> {
         let (address, registration_id, key_pair) =
             records::decode_local(&bytes).ok_or(Error::CorruptRecord("local identity"))?;
         let sessions = SessionCache::default();
-        Ok(Self { storage, local: LocalIdentity { address, key_pair, registration_id, sessions } })
+        let identities = RefCell::default();
+        Ok(Self {
+            storage,
+            local: LocalIdentity { address, key_pair, registration_id, sessions, identities },
+        })
     }
 
     /// This device's address.
@@ -208,7 +218,7 @@ impl<S: Storage> Account<S> {
         finished: Finished,
         arrival: Option<Arrival>,
     ) -> Result<Vec<Event>> {
-        let Finished { mut batch, events, sessions } = finished;
+        let Finished { mut batch, events, sessions, identities } = finished;
         batch.arrivals.extend(arrival);
         self.storage.commit(batch).await?;
         let mut cache = self.local.sessions.borrow_mut();
@@ -216,6 +226,11 @@ impl<S: Storage> Account<S> {
             cache.clear();
         }
         cache.extend(sessions);
+        let mut cache = self.local.identities.borrow_mut();
+        if cache.len() + identities.len() > SESSION_CACHE_MAX {
+            cache.clear();
+        }
+        cache.extend(identities);
         Ok(events)
     }
 
@@ -492,6 +507,7 @@ impl<S: Storage> Account<S> {
         }
         let rec = IdentityRecord { key: identity.to_vec(), verified: true };
         let writes = vec![(RecordKey::Identity(peer.clone()), Some(rec.encode()))];
+        self.local.identities.borrow_mut().remove(peer);
         self.storage.commit(Batch { writes, arrivals: vec![] }).await?;
         Ok(())
     }
@@ -509,6 +525,7 @@ impl<S: Storage> Account<S> {
         };
         rec.verified = false;
         let writes = vec![(RecordKey::Identity(peer.clone()), Some(rec.encode()))];
+        self.local.identities.borrow_mut().remove(peer);
         self.storage.commit(Batch { writes, arrivals: vec![] }).await?;
         Ok(())
     }

@@ -26,12 +26,15 @@ type SResult<T> = std::result::Result<T, SignalProtocolError>;
 pub(crate) struct Tx<'a, S> {
     storage: &'a S,
     local: &'a LocalIdentity,
-    writes: RefCell<HashMap<RecordKey, Option<Vec<u8>>>>,
-    order: RefCell<Vec<RecordKey>>,
+    /// Pending writes in first-write order (a transaction writes a handful of records, so a
+    /// scanned vector beats a map).
+    writes: RefCell<Vec<(RecordKey, Option<Vec<u8>>)>>,
     events: RefCell<Vec<Event>>,
     failure: RefCell<Option<StorageError>>,
     /// Deserialized copies of the sessions written in this transaction.
     sessions: RefCell<HashMap<DeviceAddress, SessionRecord>>,
+    /// Decoded copies of the identity records written in this transaction.
+    identities: RefCell<HashMap<DeviceAddress, IdentityRecord>>,
 }
 
 /// A transaction's outcome: the batch to commit, the events it caused, and the sessions it
@@ -41,6 +44,7 @@ pub(crate) struct Finished {
     pub batch: Batch,
     pub events: Vec<Event>,
     pub sessions: HashMap<DeviceAddress, SessionRecord>,
+    pub identities: HashMap<DeviceAddress, IdentityRecord>,
 }
 
 impl<'a, S: Storage> Tx<'a, S> {
@@ -49,10 +53,10 @@ impl<'a, S: Storage> Tx<'a, S> {
             storage,
             local,
             writes: RefCell::default(),
-            order: RefCell::default(),
             events: RefCell::default(),
             failure: RefCell::default(),
             sessions: RefCell::default(),
+            identities: RefCell::default(),
         }
     }
 
@@ -64,6 +68,7 @@ impl<'a, S: Storage> Tx<'a, S> {
         }
         *tx.events.borrow_mut() = finished.events;
         *tx.sessions.borrow_mut() = finished.sessions;
+        *tx.identities.borrow_mut() = finished.identities;
         tx
     }
 
@@ -74,8 +79,9 @@ impl<'a, S: Storage> Tx<'a, S> {
 
     pub(crate) fn put(&self, key: RecordKey, value: Option<Vec<u8>>) {
         let mut writes = self.writes.borrow_mut();
-        if writes.insert(key.clone(), value).is_none() {
-            self.order.borrow_mut().push(key);
+        match writes.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => writes.push((key, value)),
         }
     }
 
@@ -93,27 +99,45 @@ impl<'a, S: Storage> Tx<'a, S> {
 
     /// The pending writes (in first-write order), the events they caused, the sessions.
     pub(crate) fn finish(self) -> Finished {
-        let mut writes = self.writes.into_inner();
-        let writes = self
-            .order
-            .into_inner()
-            .into_iter()
-            .map(|k| {
-                let v = writes.remove(&k).expect("every ordered key has a pending write");
-                (k, v)
-            })
-            .collect();
         Finished {
-            batch: Batch { writes, arrivals: Vec::new() },
+            batch: Batch { writes: self.writes.into_inner(), arrivals: Vec::new() },
             events: self.events.into_inner(),
             sessions: self.sessions.into_inner(),
+            identities: self.identities.into_inner(),
         }
+    }
+
+    /// The identity record of `peer`: this transaction's write, else the account's cache of
+    /// committed records, else the storage (then cached).
+    async fn identity(&self, peer: &DeviceAddress) -> SResult<Option<IdentityRecord>> {
+        if let Some(rec) = self.identities.borrow().get(peer) {
+            return Ok(Some(rec.clone()));
+        }
+        if let Some(rec) = self.local.identities.borrow().get(peer) {
+            return Ok(Some(rec.clone()));
+        }
+        match self.get_sig(&RecordKey::Identity(peer.clone())).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                let rec = IdentityRecord::decode(&bytes).ok_or(corrupt("identity"))?;
+                let mut cache = self.local.identities.borrow_mut();
+                if cache.len() < crate::account::SESSION_CACHE_MAX {
+                    cache.insert(peer.clone(), rec.clone());
+                }
+                Ok(Some(rec))
+            }
+        }
+    }
+
+    fn put_identity(&self, peer: DeviceAddress, rec: IdentityRecord) {
+        self.put(RecordKey::Identity(peer.clone()), Some(rec.encode()));
+        self.identities.borrow_mut().insert(peer, rec);
     }
 
     /// `get` for the libsignal adapters: a storage failure is remembered (so [`Tx::map_err`]
     /// reports it) and surfaced to libsignal as an opaque error.
     async fn get_sig(&self, key: &RecordKey) -> SResult<Option<Vec<u8>>> {
-        if let Some(pending) = self.writes.borrow().get(key) {
+        if let Some((_, pending)) = self.writes.borrow().iter().find(|(k, _)| k == key) {
             return Ok(pending.clone());
         }
         match self.storage.load(key).await {
@@ -149,21 +173,19 @@ impl<S: Storage> IdentityKeyStore for View<'_, '_, S> {
         identity: &IdentityKey,
     ) -> SResult<IdentityChange> {
         let peer = DeviceAddress::from_signal(address);
-        let key = RecordKey::Identity(peer.clone());
-        let stored = match self.0.get_sig(&key).await? {
-            Some(bytes) => Some(IdentityRecord::decode(&bytes).ok_or(corrupt("identity"))?),
-            None => None,
-        };
-        let new_key = identity.serialize().to_vec();
+        let stored = self.0.identity(&peer).await?;
+        let new_key = identity.serialize();
         match stored {
-            Some(rec) if rec.key == new_key => Ok(IdentityChange::NewOrUnchanged),
+            Some(rec) if *rec.key == *new_key => Ok(IdentityChange::NewOrUnchanged),
             Some(_) => {
-                self.0.put(key, Some(IdentityRecord { key: new_key, verified: false }.encode()));
+                let rec = IdentityRecord { key: new_key.to_vec(), verified: false };
+                self.0.put_identity(peer.clone(), rec);
                 self.0.push_event(Event::IdentityChanged { peer });
                 Ok(IdentityChange::ReplacedExisting)
             }
             None => {
-                self.0.put(key, Some(IdentityRecord { key: new_key, verified: false }.encode()));
+                self.0
+                    .put_identity(peer, IdentityRecord { key: new_key.to_vec(), verified: false });
                 Ok(IdentityChange::NewOrUnchanged)
             }
         }
@@ -175,11 +197,9 @@ impl<S: Storage> IdentityKeyStore for View<'_, '_, S> {
         identity: &IdentityKey,
         _direction: Direction,
     ) -> SResult<bool> {
-        let key = RecordKey::Identity(DeviceAddress::from_signal(address));
-        match self.0.get_sig(&key).await? {
+        match self.0.identity(&DeviceAddress::from_signal(address)).await? {
             None => Ok(true),
-            Some(bytes) => {
-                let rec = IdentityRecord::decode(&bytes).ok_or(corrupt("identity"))?;
+            Some(rec) => {
                 // Trust on first use; a changed key is accepted (and reported as an event by
                 // save_identity) unless the user verified the old one.
                 Ok(rec.key == identity.serialize().as_ref() || !rec.verified)
@@ -188,13 +208,9 @@ impl<S: Storage> IdentityKeyStore for View<'_, '_, S> {
     }
 
     async fn get_identity(&self, address: &ProtocolAddress) -> SResult<Option<IdentityKey>> {
-        let key = RecordKey::Identity(DeviceAddress::from_signal(address));
-        match self.0.get_sig(&key).await? {
+        match self.0.identity(&DeviceAddress::from_signal(address)).await? {
             None => Ok(None),
-            Some(bytes) => {
-                let rec = IdentityRecord::decode(&bytes).ok_or(corrupt("identity"))?;
-                Ok(Some(IdentityKey::decode(&rec.key)?))
-            }
+            Some(rec) => Ok(Some(IdentityKey::decode(&rec.key)?)),
         }
     }
 }
