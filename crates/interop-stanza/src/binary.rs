@@ -281,14 +281,8 @@ fn nibble_of(c: u8) -> Option<u8> {
     }
 }
 
-fn nibble_char(n: u8) -> Option<char> {
-    match n {
-        0..=9 => Some(char::from(b'0' + n)),
-        0xA => Some('-'),
-        0xB => Some('.'),
-        _ => None,
-    }
-}
+/// Nibble values of [`NIBBLE`] strings as ASCII; 0 marks values that are not characters.
+const NIBBLE_CHARS: &[u8; 16] = b"0123456789-.\0\0\0\0";
 
 fn hex_of(c: u8) -> Option<u8> {
     match c {
@@ -298,9 +292,8 @@ fn hex_of(c: u8) -> Option<u8> {
     }
 }
 
-fn hex_char(n: u8) -> Option<char> {
-    char::from_digit(u32::from(n), 16)
-}
+/// Nibble values of [`HEX`] strings as ASCII.
+const HEX_CHARS: &[u8; 16] = b"0123456789abcdef";
 
 fn put_varint(mut n: u32, out: &mut Vec<u8>) {
     loop {
@@ -542,8 +535,8 @@ impl<'a> Reader<'a, '_> {
                 self.spend(s.len())?;
                 Ok(s.to_owned())
             }
-            NIBBLE => self.packed("nibble string", nibble_char, 0xF),
-            HEX => self.packed("hex string", hex_char, 0),
+            NIBBLE => self.packed("nibble string", NIBBLE_CHARS, 0xF),
+            HEX => self.packed("hex string", HEX_CHARS, 0),
             ADDR if allow_addr => self.address(),
             ADDR => Err(Error::UnexpectedItem { expected: "a string that is not an address" }),
             LIST_SHORT..=0xDF | LIST_8 | LIST_16 => {
@@ -553,12 +546,8 @@ impl<'a> Reader<'a, '_> {
         }
     }
 
-    fn packed(
-        &mut self,
-        what: &'static str,
-        map: fn(u8) -> Option<char>,
-        pad: u8,
-    ) -> Result<String> {
+    /// A nibble- or hex-packed string; `table` maps nibbles to ASCII (0 = not a character).
+    fn packed(&mut self, what: &'static str, table: &[u8; 16], pad: u8) -> Result<String> {
         let h = self.u8()?;
         let odd = h & 0x80 != 0;
         let count = usize::from(h & 0x7F);
@@ -568,19 +557,21 @@ impl<'a> Reader<'a, '_> {
         let bytes = self.take(count)?;
         let len = count * 2 - usize::from(odd);
         self.spend(len)?;
-        let mut s = String::with_capacity(len);
-        for (i, &byte) in bytes.iter().enumerate() {
-            s.push(map(byte >> 4).ok_or(Error::InvalidPacked { what })?);
-            let lo = byte & 0xF;
-            if odd && i + 1 == count {
-                if lo != pad {
-                    return Err(Error::InvalidPacked { what });
-                }
-            } else {
-                s.push(map(lo).ok_or(Error::InvalidPacked { what })?);
-            }
+        let mut out = Vec::with_capacity(len);
+        for &byte in bytes {
+            out.push(table[usize::from(byte >> 4)]);
+            out.push(table[usize::from(byte & 0xF)]);
         }
-        Ok(s)
+        if odd {
+            if bytes[count - 1] & 0xF != pad {
+                return Err(Error::InvalidPacked { what });
+            }
+            out.pop();
+        }
+        if out.contains(&0) {
+            return Err(Error::InvalidPacked { what });
+        }
+        Ok(String::from_utf8(out).expect("the tables hold ASCII"))
     }
 
     fn address(&mut self) -> Result<String> {
@@ -598,19 +589,38 @@ impl<'a> Reader<'a, '_> {
         }
         let user_len = user.len();
         let mut s = user;
+        // One allocation for the whole address: separators and two u32s take at most 22 bytes.
+        s.reserve(22 + server.len());
         if let Some(i) = integrator {
             s.push('.');
-            s.push_str(&i.to_string());
+            push_decimal(&mut s, i);
         }
         if let Some(d) = device {
             s.push(':');
-            s.push_str(&d.to_string());
+            push_decimal(&mut s, d);
         }
         s.push('@');
         // The user and server were counted already; count the separators and digits.
         self.spend(s.len() - user_len)?;
         s.push_str(&server);
         Ok(s)
+    }
+}
+
+/// Appends `n` in decimal without going through `fmt`.
+fn push_decimal(s: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        s.push(char::from(d));
     }
 }
 
