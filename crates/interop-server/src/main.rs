@@ -29,6 +29,54 @@ enum Command {
         #[arg(long, default_value = "./data/gatekeeper", env = "INTEROP_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Run the reference third-party provider server (accounts, tokens, keys, push receiver).
+    Provider {
+        /// HTTP listener address (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8443", env = "INTEROP_PROVIDER_LISTEN")]
+        listen: SocketAddr,
+        /// Data directory (database, signing key, secrets); created if missing.
+        #[arg(long, default_value = "./data/provider", env = "INTEROP_PROVIDER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Issuer URL written into tokens (default: `http://<listen address>` in dev mode).
+        #[arg(long, env = "INTEROP_ISSUER")]
+        issuer: Option<String>,
+        /// The gatekeeper's audience id.
+        #[arg(long, default_value = "gatekeeper", env = "INTEROP_AUDIENCE")]
+        audience: String,
+        /// Development mode: plain http on loopback. (TLS serving is not implemented yet, so
+        /// this is required for now.)
+        #[arg(long)]
+        dev: bool,
+    },
+}
+
+/// A secret from the environment, else from `<data_dir>/<file>`, else generated there (0600).
+/// Secrets never come from the command line, where other users can read them.
+fn secret(
+    env: &str,
+    data_dir: &std::path::Path,
+    file: &str,
+    generate: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    if let Ok(v) = std::env::var(env) {
+        return Ok(v);
+    }
+    let path = data_dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(v) => Ok(v.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            let value = generate();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            std::io::Write::write_all(&mut options.open(&path)?, value.as_bytes())?;
+            eprintln!("generated {} (set {env} to use your own)", path.display());
+            Ok(value)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 #[tokio::main]
@@ -53,6 +101,50 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("gatekeeper ready");
             gk.run(shutdown_signal()).await?;
             tracing::info!("gatekeeper stopped");
+        }
+        Command::Provider { listen, data_dir, issuer, audience, dev } => {
+            if !dev {
+                anyhow::bail!(
+                    "the provider serves plain http only for now; run it with --dev on loopback \
+                     (TLS from a certificate file is not implemented yet)"
+                );
+            }
+            if !listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "--dev serves plain http, so it listens on loopback only (got {listen})"
+                );
+            }
+            let push_secret = secret("INTEROP_PUSH_SECRET", &data_dir, "push.secret", || {
+                use base64::Engine;
+                let key: [u8; 32] = rand::random();
+                format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+            })?;
+            let admin_token = secret("INTEROP_ADMIN_TOKEN", &data_dir, "admin.token", || {
+                hex::encode(rand::random::<[u8; 32]>())
+            })?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .context("binding the provider listener")?;
+            let addr = listener.local_addr()?;
+            let issuer = issuer.unwrap_or_else(|| format!("http://{addr}"));
+            let provider = interop_server::provider::Provider::open(
+                interop_server::provider::ProviderConfig {
+                    issuer: issuer.clone(),
+                    audience,
+                    data_dir,
+                    push_secret,
+                    admin_token,
+                    dev,
+                    wake_poll: std::time::Duration::from_secs(30),
+                },
+            )
+            .await
+            .context("starting the provider")?;
+            println!("issuer {issuer}");
+            println!("listening {addr}");
+            tracing::info!("provider ready");
+            provider.serve(listener, shutdown_signal()).await?;
+            tracing::info!("provider stopped");
         }
     }
     Ok(())
