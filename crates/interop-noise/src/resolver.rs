@@ -98,3 +98,82 @@ pub(crate) fn generate_keypair(rng: &mut impl CryptoRng) -> snow::Keypair {
         .generate_keypair()
         .expect("X25519 key generation from a seeded stream does not fail")
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The cacophony vectors for our two patterns, run through this resolver (so the low-order
+    /// check is shown not to change any honest handshake).
+    #[test]
+    fn cacophony_vectors_for_xx_and_ik() {
+        let file: Value =
+            serde_json::from_str(include_str!("../../../test-vectors/noise/cacophony.json"))
+                .expect("valid JSON");
+        let vectors = file["vectors"].as_array().expect("a vectors array");
+        let names: Vec<&str> =
+            vectors.iter().map(|v| v["protocol_name"].as_str().unwrap()).collect();
+        assert_eq!(names, [crate::NOISE_XX, crate::NOISE_IK]);
+        for v in vectors {
+            run_vector(v);
+        }
+    }
+
+    fn h(v: &Value) -> Vec<u8> {
+        hex::decode(v.as_str().expect("a hex string")).expect("valid hex")
+    }
+
+    fn run_vector(v: &Value) {
+        let name = v["protocol_name"].as_str().unwrap();
+        let params: NoiseParams = name.parse().unwrap();
+        let rng = &mut rand_chacha::ChaCha20Rng::from_seed([0; 32]);
+        let (ip, ie, is) = (h(&v["init_prologue"]), h(&v["init_ephemeral"]), h(&v["init_static"]));
+        let (rp, re, rs) = (h(&v["resp_prologue"]), h(&v["resp_ephemeral"]), h(&v["resp_static"]));
+        let remote = v.get("init_remote_static").map(h);
+        let mut ib = builder(params.clone(), rng)
+            .prologue(&ip)
+            .unwrap()
+            .local_private_key(&is)
+            .unwrap()
+            .fixed_ephemeral_key_for_testing_only(&ie);
+        if let Some(remote) = &remote {
+            ib = ib.remote_public_key(remote).unwrap();
+        }
+        let mut init = ib.build_initiator().unwrap();
+        let mut resp = builder(params, rng)
+            .prologue(&rp)
+            .unwrap()
+            .local_private_key(&rs)
+            .unwrap()
+            .fixed_ephemeral_key_for_testing_only(&re)
+            .build_responder()
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let mut out = [0u8; 1024];
+        let messages = v["messages"].as_array().unwrap();
+        let mut i = 0;
+        while !init.is_handshake_finished() {
+            let (tx, rx) = if i % 2 == 0 { (&mut init, &mut resp) } else { (&mut resp, &mut init) };
+            let payload = h(&messages[i]["payload"]);
+            let n = tx.write_message(&payload, &mut buf).unwrap();
+            assert_eq!(buf[..n], h(&messages[i]["ciphertext"])[..], "{name} message {i}");
+            let m = rx.read_message(&buf[..n], &mut out).unwrap();
+            assert_eq!(out[..m], payload[..], "{name} message {i}");
+            i += 1;
+        }
+        assert_eq!(init.get_handshake_hash(), &h(&v["handshake_hash"])[..], "{name}");
+        assert_eq!(resp.get_handshake_hash(), &h(&v["handshake_hash"])[..], "{name}");
+        let mut init = init.into_transport_mode().unwrap();
+        let mut resp = resp.into_transport_mode().unwrap();
+        for (k, msg) in messages.iter().enumerate().skip(i) {
+            let (tx, rx) = if k % 2 == 0 { (&mut init, &mut resp) } else { (&mut resp, &mut init) };
+            let payload = h(&msg["payload"]);
+            let n = tx.write_message(&payload, &mut buf).unwrap();
+            assert_eq!(buf[..n], h(&msg["ciphertext"])[..], "{name} message {k}");
+            let m = rx.read_message(&buf[..n], &mut out).unwrap();
+            assert_eq!(out[..m], payload[..], "{name} message {k}");
+        }
+    }
+}
