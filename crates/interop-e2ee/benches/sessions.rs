@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group};
 use futures::executor::block_on;
 use interop_e2ee::test_suite::{KeyServer, addr, new_party, test_now};
 use interop_e2ee::{Account, Bundle, DeviceAddress, Enc, InMemoryStorage, PreKeyPolicy};
@@ -266,4 +266,38 @@ criterion_group! {
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     targets = benches
 }
-criterion_main!(sessions);
+
+/// Instruction-count mode, for a repeatable comparison on a noisy machine:
+/// `E2EE_INSTR=ours|bare E2EE_OPS=n valgrind --tool=callgrind <bench binary>` runs `n`
+/// round trips (encrypt, then decrypt and commit) after the set-up; the difference between
+/// two values of `n` divided by their difference is the cost of one round trip.
+fn count_instructions(mode: &str, ops: usize) {
+    match mode {
+        "ours" => {
+            let mut o = ours();
+            for _ in 0..ops {
+                let enc = ours_encrypt(&mut o);
+                let p = block_on(o.b.decrypt(&o.aa, &enc, &mut o.rng)).unwrap();
+                block_on(p.commit(None)).unwrap();
+            }
+        }
+        "bare" => {
+            let mut b = bare();
+            for _ in 0..ops {
+                let m = bare_encrypt_ab(&mut b);
+                bare_decrypt_b(&mut b, &m);
+            }
+        }
+        other => panic!("E2EE_INSTR must be ours or bare, not {other}"),
+    }
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var("E2EE_INSTR") {
+        let ops = std::env::var("E2EE_OPS").ok().and_then(|n| n.parse().ok()).unwrap_or(1000);
+        count_instructions(&mode, ops);
+        return;
+    }
+    sessions();
+    Criterion::default().configure_from_args().final_summary();
+}
