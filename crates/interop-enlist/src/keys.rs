@@ -273,10 +273,10 @@ impl VerificationKey {
                 let n = s("n").and_then(b64url_decode).ok_or(JwkProblem::Invalid)?;
                 let e = s("e").and_then(b64url_decode).ok_or(JwkProblem::Invalid)?;
                 // Minimal encodings only (RFC 7518 §6.3.1.1): no leading zero octets.
-                if n.first() == Some(&0) || e.first() == Some(&0) || e.len() > 4 {
+                if n.is_empty() || e.is_empty() || n[0] == 0 || e[0] == 0 || e.len() > 4 {
                     return Err(JwkProblem::Invalid);
                 }
-                let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+                let bits = n.len() * 8 - n[0].leading_zeros() as usize;
                 if !(2048..=4096).contains(&bits) {
                     return Err(JwkProblem::Invalid);
                 }
@@ -464,6 +464,26 @@ mod tests {
         let mut enc = jwk;
         enc["use"] = Value::String("enc".into());
         assert_eq!(VerificationKey::from_jwk(&enc).err(), Some(JwkProblem::Foreign));
+    }
+
+    #[test]
+    fn malformed_key_parameters_are_invalid_not_a_panic() {
+        let cases = [
+            json!({"kty":"RSA","kid":"r","n":"","e":"AQAB"}),
+            json!({"kty":"RSA","kid":"r","n":"AQAB","e":""}),
+            json!({"kty":"RSA","kid":"r","n":"AAEC","e":"AQAB"}),
+            json!({"kty":"RSA","kid":"r","n":7,"e":"AQAB"}),
+            json!({"kty":"EC","crv":"P-256","kid":"e","x":"","y":""}),
+            json!({"kty":"EC","crv":"P-256","kid":"e",
+                   "x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                   "y":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
+            json!({"kty":"OKP","crv":"Ed25519","kid":"k"}),
+            json!({"kty":"OKP","crv":"Ed25519","kid":"","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
+        ];
+        for jwk in cases {
+            assert_eq!(VerificationKey::from_jwk(&jwk).err(), Some(JwkProblem::Invalid), "{jwk}");
+        }
+        assert_eq!(VerificationKey::from_jwk(&json!([1])).err(), Some(JwkProblem::Invalid));
     }
 
     #[test]
