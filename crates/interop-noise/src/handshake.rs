@@ -56,6 +56,12 @@ impl ClientConfig {
         self
     }
 
+    /// Sends `header` instead of the current one (testing, or a newer protocol version).
+    pub fn header(mut self, header: ConnectionHeader) -> Self {
+        self.header = header;
+        self
+    }
+
     /// The client's public device key.
     pub fn public_key(&self) -> &[u8; 32] {
         &self.keys.public
@@ -104,6 +110,17 @@ fn decode_handshake(frame_body: &[u8]) -> Result<Hs> {
         .map_err(Error::MalformedPayload)?
         .message
         .ok_or(Error::UnexpectedMessage("empty handshake message"))
+}
+
+/// Decodes a server's answer; a `version_rejected` becomes the error naming what it speaks.
+fn decode_server_answer(config: &ClientConfig, frame_body: &[u8]) -> Result<Hs> {
+    match decode_handshake(frame_body)? {
+        Hs::VersionRejected(v) => Err(Error::UnsupportedVersion {
+            got: config.header.protocol_version,
+            supported: v.supported.to_vec(),
+        }),
+        other => Ok(other),
+    }
 }
 
 fn noise_err(e: snow::Error) -> Error {
@@ -226,7 +243,7 @@ impl ExpectServerHello {
         frame_body: &[u8],
         now: u64,
     ) -> Result<(ClientDone, Vec<u8>)> {
-        let Hs::ServerHello(noise) = decode_handshake(frame_body)? else {
+        let Hs::ServerHello(noise) = decode_server_answer(&self.config, frame_body)? else {
             return Err(Error::UnexpectedMessage("expected server_hello"));
         };
         let mut buf = scratch();
@@ -271,7 +288,7 @@ impl ExpectIkReply {
         now: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<IkReply> {
-        match decode_handshake(frame_body)? {
+        match decode_server_answer(&self.config, frame_body)? {
             Hs::IkReply(noise) => {
                 let mut buf = scratch();
                 let n = self.state.read_message(&noise, &mut buf).map_err(noise_err)?;

@@ -33,6 +33,23 @@ impl ConnectionHeader {
         [a, b, c, self.protocol_version, self.dictionary_version]
     }
 
+    /// The plain `version_rejected` frame a server sends (then closes) when the client's
+    /// protocol version is not one of [`SUPPORTED_VERSIONS`](Self::SUPPORTED_VERSIONS).
+    pub fn rejection_frame() -> Vec<u8> {
+        use prost::Message;
+
+        use crate::proto::{HandshakeMessage, VersionRejected, handshake_message};
+        let body = HandshakeMessage {
+            message: Some(handshake_message::Message::VersionRejected(VersionRejected {
+                supported: Self::SUPPORTED_VERSIONS.to_vec().into(),
+            })),
+        }
+        .encode_to_vec();
+        let mut out = Vec::with_capacity(body.len() + crate::frame::LEN_PREFIX);
+        crate::frame::encode(&body, &mut out).expect("a few bytes fit in a frame");
+        out
+    }
+
     /// Parses and checks a header: the magic and a supported protocol version.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < Self::LEN {
@@ -45,7 +62,7 @@ impl ConnectionHeader {
         if !Self::SUPPORTED_VERSIONS.contains(&header.protocol_version) {
             return Err(Error::UnsupportedVersion {
                 got: header.protocol_version,
-                supported: Self::SUPPORTED_VERSIONS,
+                supported: Self::SUPPORTED_VERSIONS.to_vec(),
             });
         }
         Ok(header)

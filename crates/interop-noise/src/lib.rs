@@ -158,7 +158,7 @@ pub enum Error {
     // -- the peer is incompatible --
     /// The peer speaks a protocol version this side does not.
     #[error("unsupported protocol version {got}; supported: {supported:?}")]
-    UnsupportedVersion { got: u8, supported: &'static [u8] },
+    UnsupportedVersion { got: u8, supported: Vec<u8> },
     /// The server's certificate chain is not acceptable under the pinned root.
     #[error("server certificate refused: {0}")]
     BadCertificate(CertError),

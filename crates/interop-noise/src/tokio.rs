@@ -164,7 +164,16 @@ where
         std::io::ErrorKind::UnexpectedEof => Error::Truncated,
         _ => Error::Io(e),
     })?;
-    let mut expect_hello = ServerHandshake::handle_header(config, &header)?;
+    let mut expect_hello = match ServerHandshake::handle_header(config, &header) {
+        Ok(next) => next,
+        Err(e @ Error::UnsupportedVersion { .. }) => {
+            // Tell the client which versions we speak, then give up on the connection.
+            io.write_all(&ConnectionHeader::rejection_frame()).await?;
+            io.shutdown().await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let mut decoder = FrameDecoder::default();
     let done = loop {
         let hello = read_frame(&mut io, &mut decoder).await?;
@@ -278,5 +287,25 @@ mod tests {
             accept(b, &server_cfg, 0, &mut srng)
         );
         assert!(matches!(client_side, Err(Error::BadCertificate(crate::CertError::BadSignature))));
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_version_is_answered_with_the_supported_ones() {
+        let rng = &mut ChaCha20Rng::seed_from_u64(7);
+        let root = RootKey::generate(rng);
+        let server_cfg = server(rng, &root);
+        let client = ClientConfig::new(StaticKeypair::generate(rng), root.trust_anchor())
+            .header(ConnectionHeader { protocol_version: 2, dictionary_version: 1 });
+        let (a, b) = tokio::io::duplex(4096);
+        let mut crng = ChaCha20Rng::seed_from_u64(8);
+        let mut srng = ChaCha20Rng::seed_from_u64(9);
+        let payload = ClientPayload::default();
+        let (client_side, server_side) = tokio::join!(
+            connect(a, &client, &payload, None, NOW, &mut crng),
+            accept(b, &server_cfg, 0, &mut srng)
+        );
+        let want = |r: &Error| matches!(r, Error::UnsupportedVersion { got: 2, supported } if supported == &[1]);
+        assert!(client_side.as_ref().is_err_and(want), "{:?}", client_side.map(|_| ()));
+        assert!(server_side.as_ref().is_err_and(want), "{:?}", server_side.map(|_| ()));
     }
 }

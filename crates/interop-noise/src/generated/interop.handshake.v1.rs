@@ -2,7 +2,7 @@
 /// One handshake frame. Exactly one field is set.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HandshakeMessage {
-    #[prost(oneof = "handshake_message::Message", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "handshake_message::Message", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub message: ::core::option::Option<handshake_message::Message>,
 }
 /// Nested message and enum types in `HandshakeMessage`.
@@ -28,7 +28,17 @@ pub mod handshake_message {
         /// XX on the same connection, starting with a fresh `client_hello`.
         #[prost(message, tag = "6")]
         RetryWithXx(super::RetryWithXx),
+        /// Plain answer to a connection header whose protocol version the server does not speak,
+        /// sent instead of any handshake message; the server then closes the connection.
+        #[prost(message, tag = "7")]
+        VersionRejected(super::VersionRejected),
     }
+}
+/// The protocol versions the server speaks, one byte each, in order of preference.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VersionRejected {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub supported: ::prost::bytes::Bytes,
 }
 /// Empty: its presence is the whole message.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
