@@ -675,3 +675,75 @@ impl Response {
         Ok((id.to_owned(), resp))
     }
 }
+
+/// A native registration's verification code, as the gatekeeper keeps it between `register`
+/// and `confirm`: 6 uniformly random digits, valid for [`PendingCode::TTL`], at most
+/// [`PendingCode::MAX_ATTEMPTS`] wrong tries. `Debug` does not show the code.
+pub struct PendingCode {
+    code: zeroize::Zeroizing<String>,
+    expires_at: crate::UnixTime,
+    attempts_left: u8,
+}
+
+impl fmt::Debug for PendingCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingCode")
+            .field("expires_at", &self.expires_at)
+            .field("attempts_left", &self.attempts_left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingCode {
+    /// How long a code is valid.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(600);
+    /// Wrong tries before the code is void.
+    pub const MAX_ATTEMPTS: u8 = 5;
+
+    /// A fresh code issued at `now`.
+    pub fn generate(rng: &mut impl rand_core::CryptoRng, now: crate::UnixTime) -> Self {
+        // Rejection sampling keeps the digits uniform: 4_294_000_000 is a multiple of 10^6.
+        let n = loop {
+            let v = rng.next_u32();
+            if v < 4_294_000_000 {
+                break v % 1_000_000;
+            }
+        };
+        Self {
+            code: zeroize::Zeroizing::new(format!("{n:06}")),
+            expires_at: now.saturating_add(Self::TTL),
+            attempts_left: Self::MAX_ATTEMPTS,
+        }
+    }
+
+    /// The code, to send to the user (or print, in development mode).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// Seconds until the code expires, for `code-sent@expires-in`.
+    pub fn expires_in(&self, now: crate::UnixTime) -> u32 {
+        u32::try_from(self.expires_at.since(now).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Checks a submitted code (constant time). `CodeExpired` once expired or out of
+    /// attempts (register again); `InvalidCode` for a wrong code with attempts left.
+    pub fn check(
+        &mut self,
+        submitted: &str,
+        now: crate::UnixTime,
+    ) -> std::result::Result<(), ErrorCode> {
+        if now >= self.expires_at || self.attempts_left == 0 {
+            return Err(ErrorCode::CodeExpired);
+        }
+        let same: bool =
+            subtle::ConstantTimeEq::ct_eq(submitted.as_bytes(), self.code.as_bytes()).into();
+        if same {
+            // A code is good once.
+            self.attempts_left = 0;
+            return Ok(());
+        }
+        self.attempts_left -= 1;
+        Err(if self.attempts_left == 0 { ErrorCode::CodeExpired } else { ErrorCode::InvalidCode })
+    }
+}

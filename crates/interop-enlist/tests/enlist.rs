@@ -380,3 +380,43 @@ fn debug_does_not_leak_key_material_or_tokens() {
     assert!(!dbg.contains("opaque") && !dbg.contains("5, 1, 1"), "{dbg}");
     assert!(!format!("{:?}", bundle()).contains('['));
 }
+
+#[test]
+fn verification_codes() {
+    use interop_enlist::UnixTime;
+    use rand::SeedableRng as _;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let t = UnixTime::from_secs(1000);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let c = PendingCode::generate(&mut rng, t);
+        assert_eq!(c.code().len(), 6);
+        assert!(c.code().bytes().all(|b| b.is_ascii_digit()));
+        assert!(!format!("{c:?}").contains(c.code()));
+        seen.insert(c.code().to_owned());
+    }
+    assert!(seen.len() > 190, "codes repeat too often");
+
+    let mut c = PendingCode::generate(&mut rng, t);
+    let good = c.code().to_owned();
+    assert_eq!(c.expires_in(t), 600);
+    assert_eq!(c.check("000000x", t), Err(ErrorCode::InvalidCode));
+    assert_eq!(c.check(&good, t), Ok(()));
+    assert_eq!(c.check(&good, t), Err(ErrorCode::CodeExpired), "a code is good once");
+
+    let mut c = PendingCode::generate(&mut rng, t);
+    let good = c.code().to_owned();
+    let wrong = if good == "123456" { "654321" } else { "123456" };
+    for _ in 0..PendingCode::MAX_ATTEMPTS - 1 {
+        assert_eq!(c.check(wrong, t), Err(ErrorCode::InvalidCode));
+    }
+    assert_eq!(c.check(wrong, t), Err(ErrorCode::CodeExpired));
+    assert_eq!(c.check(&good, t), Err(ErrorCode::CodeExpired), "out of attempts");
+
+    let mut c = PendingCode::generate(&mut rng, t);
+    let good = c.code().to_owned();
+    assert_eq!(
+        c.check(&good, t + std::time::Duration::from_secs(600)),
+        Err(ErrorCode::CodeExpired)
+    );
+}
