@@ -434,3 +434,58 @@ fn sender_keys_between_three_parties() {
     let r = block_on(accts[1].receive(&addrs[0], &enc, &mut rng)).unwrap();
     block_on(r.commit()).unwrap();
 }
+
+/// One `enc` per device: the recipient's devices and the sender's own other devices, all
+/// from one call, and each device decrypts its own copy.
+#[test]
+fn one_send_reaches_every_device_of_the_recipient_and_the_senders_other_devices() {
+    let mut rng = rng();
+    let mut server = KeyServer::default();
+    let policy = PreKeyPolicy::default();
+    let (a1, a2, b1, b2) = (addr("alice", 1), addr("alice", 2), addr("bob", 1), addr("bob", 2));
+    let mut alice1 = block_on(new_party(&mut server, a1.clone(), &policy, &mut rng));
+    let mut others: Vec<(DeviceAddress, Acct)> = [&a2, &b1, &b2]
+        .into_iter()
+        .map(|a| (a.clone(), block_on(new_party(&mut server, a.clone(), &policy, &mut rng))))
+        .collect();
+    let targets: Vec<DeviceAddress> = others.iter().map(|(a, _)| a.clone()).collect();
+    assert_eq!(block_on(alice1.missing_sessions(&targets, test_now())).unwrap(), targets);
+    for t in &targets {
+        let bundle = server.bundle(t).unwrap();
+        block_on(alice1.process_bundle(t, &bundle, test_now(), &mut rng)).unwrap();
+    }
+    assert!(block_on(alice1.missing_sessions(&targets, test_now())).unwrap().is_empty());
+    let encs =
+        block_on(alice1.send(&targets, text_transport("m1", "to all"), test_now(), &mut rng))
+            .unwrap();
+    let node = interop_e2ee::stanza::message_stanza(
+        "m1",
+        "bob",
+        interop_e2ee::stanza::MessageType::Text,
+        &encs,
+    );
+    assert_eq!(node.children().len(), 3);
+    let delivered = node.with_attr("from", "alice").with_attr("from_device", "1");
+    for (me, acct) in &mut others {
+        let incoming = interop_e2ee::stanza::parse_incoming(&delivered, me).unwrap();
+        assert_eq!(incoming.sender, a1);
+        assert_eq!(recv(acct, &a1, &incoming.enc, &mut rng), ["to all"]);
+    }
+}
+
+#[test]
+fn an_unanswered_session_goes_stale_after_thirty_days() {
+    let mut p = pair(&PreKeyPolicy::default());
+    let bundle = p.server.bundle(&p.ba).unwrap();
+    block_on(p.a.process_bundle(&p.ba, &bundle, test_now(), &mut p.rng)).unwrap();
+    let later = test_now() + std::time::Duration::from_secs(31 * 24 * 3600);
+    assert!(block_on(p.a.has_session(&p.ba, test_now())).unwrap());
+    assert!(!block_on(p.a.has_session(&p.ba, later)).unwrap());
+    let r = block_on(p.a.send(
+        std::slice::from_ref(&p.ba),
+        text_transport("x", "x"),
+        later,
+        &mut p.rng,
+    ));
+    assert!(matches!(r, Err(Error::NoSession)));
+}
