@@ -10,7 +10,9 @@
 pub struct Limits {
     /// Largest input (binary bytes or XML text) and largest decoded content, in bytes.
     pub max_size: usize,
-    /// Deepest nesting; the stanza's root is at depth 1.
+    /// Deepest nesting; the stanza's root is at depth 1. Values above
+    /// [`DEPTH_CEILING`](crate::binary::DEPTH_CEILING) (1,024) act as 1,024: dropping a deeper
+    /// tree would recurse that deep.
     pub max_depth: usize,
     /// Most attributes on one node.
     pub max_attrs: usize,

@@ -34,7 +34,6 @@ use crate::{Error, Node, Result};
 /// assert_eq!(out, ["presence", "ack"]);
 /// # Ok::<(), interop_stanza::Error>(())
 /// ```
-#[derive(Debug)]
 pub struct StreamDecoder {
     codec: Codec,
     buf: Vec<u8>,
@@ -42,6 +41,17 @@ pub struct StreamDecoder {
     start: usize,
     state: DecodeState,
     failed: Option<Error>,
+}
+
+impl std::fmt::Debug for StreamDecoder {
+    /// Sizes and state only: the buffer holds stanza bytes (identifiers, ciphertext).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamDecoder")
+            .field("version", &self.codec.version())
+            .field("buffered", &self.buffered())
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for StreamDecoder {
@@ -180,6 +190,11 @@ mod tests {
             assert_eq!(d.next_stanza(), Ok(None));
         }
         assert_eq!(d.finish(), Err(Error::Truncated));
+        let debug = format!("{d:?}");
+        assert!(
+            debug.contains(&format!("buffered: {}", wire.len() - 1)) && !debug.contains("buf:"),
+            "{debug}"
+        );
         d.push(&wire[wire.len() - 1..]);
         assert_eq!(d.next_stanza(), Ok(Some(n)));
         assert_eq!(d.next_stanza(), Ok(None));
