@@ -15,6 +15,7 @@ pub mod chat;
 pub mod gatekeeper;
 pub mod iq;
 pub mod keyfile;
+pub mod media;
 pub mod outbound;
 pub mod provider;
 pub mod push;
@@ -37,6 +38,9 @@ pub enum Error {
     /// The request is not allowed (the reason is a fixed phrase, never user data).
     #[error("refused: {0}")]
     Refused(&'static str),
+    /// A media upload or fetch broke a media rule.
+    #[error("media: {0}")]
+    Media(#[from] interop_media::Error),
     /// The database failed or refused an operation (no message content in the text).
     #[error("storage: {0}")]
     Storage(String),
