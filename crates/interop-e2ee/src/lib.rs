@@ -70,6 +70,43 @@
 //! `oneshot` for the answer (an "account actor"). The storage may itself await async I/O
 //! (sqlx) inside; one actor per account is also the single writer [`Storage`] requires.
 //!
+//! A sketch of such an actor, with a std thread and channel (interop-client uses tokio's
+//! channels the same way):
+//!
+//! ```
+//! use std::sync::mpsc;
+//! use std::time::SystemTime;
+//! use interop_e2ee::{Account, DeviceAddress, InMemoryStorage, PreKeyPolicy};
+//!
+//! enum Request {
+//!     IdentityKey(mpsc::Sender<Vec<u8>>),
+//! }
+//!
+//! let (tx, rx) = mpsc::channel::<Request>();
+//! let actor = std::thread::spawn(move || {
+//!     futures::executor::block_on(async move {
+//!         let address = DeviceAddress::new("alice", 1).expect("valid");
+//!         let now = SystemTime::UNIX_EPOCH;
+//!         let (account, _upload) = Account::create(
+//!             InMemoryStorage::new(), address, &PreKeyPolicy::default(), now, &mut rand::rng(),
+//!         )
+//!         .await
+//!         .expect("fresh store");
+//!         // One request at a time: the account never leaves this thread.
+//!         for request in rx {
+//!             match request {
+//!                 Request::IdentityKey(reply) => drop(reply.send(account.identity_key())),
+//!             }
+//!         }
+//!     })
+//! });
+//! let (reply, answer) = mpsc::channel();
+//! tx.send(Request::IdentityKey(reply)).expect("actor running");
+//! assert_eq!(answer.recv().expect("answered").len(), 33);
+//! drop(tx);
+//! actor.join().expect("actor finished");
+//! ```
+//!
 //! # Trust
 //! Identity keys are trusted on first use. A changed key is accepted and reported as
 //! [`Event::IdentityChanged`] (committed with the message that revealed it); if the user had

@@ -1,13 +1,15 @@
 //! Pre-key material as it travels to and from the server: plain public bytes, no libsignal
 //! types, so the gatekeeper (which never links libsignal) can store and serve it.
 
+use std::fmt;
+
 use libsignal_protocol::{DeviceId, IdentityKey, PreKeyBundle, PublicKey, kem};
 
 use crate::{Error, Result};
 
 /// A public key with a server-side id, signed by the account's identity key (signed
 /// elliptic-curve pre-keys and Kyber pre-keys).
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SignedKey {
     /// The key id (1..=0xFF_FFFF).
     pub id: u32,
@@ -18,7 +20,7 @@ pub struct SignedKey {
 }
 
 /// A one-time elliptic-curve pre-key.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct OneTimeKey {
     /// The key id (1..=0xFF_FFFF).
     pub id: u32,
@@ -28,7 +30,7 @@ pub struct OneTimeKey {
 
 /// What a device uploads to the server's pre-key service. Fields that did not change are
 /// `None` / empty.
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct PreKeyUpload {
     /// The identity public key (33 bytes).
     pub identity: Vec<u8>,
@@ -48,7 +50,7 @@ pub struct PreKeyUpload {
 ///
 /// The server takes (and deletes) one one-time EC key and one one-time Kyber key per bundle;
 /// when it has none left it omits the EC key and serves the last-resort Kyber key.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Bundle {
     /// The device's registration id.
     pub registration_id: u32,
@@ -62,6 +64,41 @@ pub struct Bundle {
     pub one_time: Option<OneTimeKey>,
     /// A one-time Kyber pre-key, or the last-resort one.
     pub kyber: SignedKey,
+}
+
+// Debug shows ids and counts only: keys identify a device.
+impl fmt::Debug for SignedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for OneTimeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OneTimeKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for PreKeyUpload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreKeyUpload")
+            .field("signed_prekey", &self.signed_prekey)
+            .field("kyber_last_resort", &self.kyber_last_resort)
+            .field("kyber_one_time", &self.kyber_one_time.len())
+            .field("one_time", &self.one_time.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bundle")
+            .field("device", &self.device)
+            .field("signed_prekey", &self.signed_prekey)
+            .field("one_time", &self.one_time)
+            .field("kyber", &self.kyber)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bundle {
