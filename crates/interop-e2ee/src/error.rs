@@ -79,6 +79,27 @@ impl From<StorageError> for Error {
     }
 }
 
+impl Error {
+    /// The protocol's error code for this error (docs/PROTOCOL.md, "Decryption failures"),
+    /// for retry receipts and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Malformed(_) => "malformed",
+            Error::Undecryptable(_) => "undecryptable",
+            Error::Duplicate => "duplicate",
+            Error::UnknownPreKey => "unknown-pre-key",
+            Error::BadSignature => "bad-signature",
+            Error::UnsupportedVersion => "unsupported-version",
+            Error::UntrustedIdentity => "untrusted-identity",
+            Error::NoSession => "no-session",
+            Error::NoSenderKey => "no-sender-key",
+            Error::InvalidArgument(_) | Error::NoAccount => "invalid-argument",
+            Error::Storage(_) => "storage",
+            Error::CorruptRecord(_) | Error::Signal(_) => "internal",
+        }
+    }
+}
+
 /// Maps libsignal's errors (whose messages name addresses) onto ours.
 pub(crate) fn from_signal(e: SignalProtocolError) -> Error {
     use SignalProtocolError as S;
@@ -113,5 +134,42 @@ pub(crate) fn from_signal(e: SignalProtocolError) -> Error {
         S::ApplicationCallbackError(..) => Error::Signal("store callback failed"),
         S::InvalidState(..) => Error::Signal("invalid state"),
         _ => Error::Signal("other"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libsignal_errors_map_to_codes_without_identifiers() {
+        let address = libsignal_protocol::ProtocolAddress::new(
+            "secret-account".into(),
+            libsignal_protocol::DeviceId::new(1).unwrap(),
+        );
+        let cases = [
+            (SignalProtocolError::DuplicatedMessage(1, 2), "duplicate"),
+            (SignalProtocolError::UntrustedIdentity(address.clone()), "untrusted-identity"),
+            (SignalProtocolError::SessionNotFound(address), "no-session"),
+            (SignalProtocolError::InvalidPreKeyId, "unknown-pre-key"),
+            (SignalProtocolError::InvalidKyberPreKeyId, "unknown-pre-key"),
+            (SignalProtocolError::SignatureValidationFailed, "bad-signature"),
+            (SignalProtocolError::InvalidProtobufEncoding, "malformed"),
+            (SignalProtocolError::CiphertextMessageTooShort(3), "malformed"),
+            (SignalProtocolError::UnrecognizedMessageVersion(9), "unsupported-version"),
+            (
+                SignalProtocolError::InvalidMessage(
+                    libsignal_protocol::CiphertextMessageType::Whisper,
+                    "MAC verification failed",
+                ),
+                "undecryptable",
+            ),
+        ];
+        for (e, code) in cases {
+            let ours = from_signal(e);
+            assert_eq!(ours.code(), code);
+            assert!(!ours.to_string().contains("secret-account"));
+            assert!(!format!("{ours:?}").contains("secret-account"));
+        }
     }
 }
