@@ -46,6 +46,8 @@ fn read_len(bytes: &[u8]) -> Result<Option<(usize, &[u8])>> {
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Bytes of `buf` already returned as frames (compacted lazily, not per frame).
+    start: usize,
     max: usize,
 }
 
@@ -58,22 +60,35 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder refusing frames longer than `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { buf: Vec::new(), max }
+        Self { buf: Vec::new(), start: 0, max }
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// Takes the next whole frame's body, `Ok(None)` until one is complete.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>> {
-        let Some((len, rest)) = read_len(&self.buf)? else {
+        Ok(self.next_frame_ref()?.map(<[u8]>::to_vec))
+    }
+
+    /// Like [`next_frame`](Self::next_frame), borrowing the body from the decoder's buffer
+    /// instead of copying it.
+    pub fn next_frame_ref(&mut self) -> Result<Option<&[u8]>> {
+        let Some((len, rest)) = read_len(&self.buf[self.start..])? else {
             return Ok(None);
         };
         if len > self.max {
@@ -82,9 +97,9 @@ impl FrameDecoder {
         if rest.len() < len {
             return Ok(None);
         }
-        let body = rest[..len].to_vec();
-        self.buf.drain(..LEN_PREFIX + len);
-        Ok(Some(body))
+        let body_start = self.start + LEN_PREFIX;
+        self.start = body_start + len;
+        Ok(Some(&self.buf[body_start..body_start + len]))
     }
 }
 

@@ -44,8 +44,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
     /// Cancel-safe: bytes already read stay buffered, so it may be used in `tokio::select!`.
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>> {
         loop {
-            while let Some(body) = self.decoder.next_frame()? {
-                if let Some(message) = self.transport.decrypt(&body)? {
+            while let Some(body) = self.decoder.next_frame_ref()? {
+                if let Some(message) = self.transport.decrypt(body)? {
                     return Ok(Some(message));
                 }
             }
