@@ -530,6 +530,12 @@ fn identifier_of(n: &Node) -> Result<String> {
 }
 
 impl Request {
+    /// Whether an interop session whose identity is not enlisted may send this request:
+    /// only `enlist`, `status` and `opt-out` (anything else is answered `not-enlisted`).
+    pub fn allowed_before_enlistment(&self) -> bool {
+        matches!(self, Request::Enlist { .. } | Request::Status | Request::OptOut)
+    }
+
     /// The iq carrying this request.
     pub fn to_node(&self, id: &str) -> Node {
         match self {

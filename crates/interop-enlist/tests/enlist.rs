@@ -420,3 +420,12 @@ fn verification_codes() {
         Err(ErrorCode::CodeExpired)
     );
 }
+
+#[test]
+fn only_enlist_status_and_opt_out_before_enlistment() {
+    assert!(enlist().allowed_before_enlistment());
+    assert!(Request::Status.allowed_before_enlistment());
+    assert!(Request::OptOut.allowed_before_enlistment());
+    assert!(!Request::InteropOptIn { enabled: true }.allowed_before_enlistment());
+    assert!(!Request::Register { identifier: "bob".into() }.allowed_before_enlistment());
+}
