@@ -320,6 +320,21 @@ impl<S: Storage> Account<S> {
         Ok(upload)
     }
 
+    /// When the current signed pre-key was created: rotate
+    /// ([`Account::rotate_signed_prekey`]) once it is older than the rotation period.
+    pub async fn signed_prekey_created(&self) -> Result<SystemTime> {
+        let meta = self.meta().await?;
+        let bytes = self
+            .storage
+            .load(&RecordKey::SignedPreKey(meta.signed))
+            .await?
+            .ok_or(Error::CorruptRecord("current signed pre-key missing"))?;
+        let record = SignedPreKeyRecord::deserialize(&bytes)
+            .map_err(|_| Error::CorruptRecord("signed pre-key"))?;
+        let ts = record.timestamp().map_err(sig_err)?;
+        Ok(UNIX_EPOCH + std::time::Duration::from_millis(ts.epoch_millis()))
+    }
+
     /// Whether a session with `peer` exists and can send at `now` (established with PQXDH
     /// and not stale).
     pub async fn has_session(&self, peer: &DeviceAddress, now: SystemTime) -> Result<bool> {

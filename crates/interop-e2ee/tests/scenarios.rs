@@ -203,7 +203,10 @@ fn a_used_one_time_prekey_cannot_be_used_again() {
 fn signed_prekey_rotation_keeps_the_previous_key_for_messages_in_flight() {
     let mut p = pair(&PreKeyPolicy::default());
     let old_bundle = p.server.bundle(&p.ba).unwrap();
-    let up = block_on(p.b.rotate_signed_prekey(test_now(), &mut p.rng)).unwrap();
+    assert_eq!(block_on(p.b.signed_prekey_created()).unwrap(), test_now());
+    let week_later = test_now() + std::time::Duration::from_secs(7 * 24 * 3600);
+    let up = block_on(p.b.rotate_signed_prekey(week_later, &mut p.rng)).unwrap();
+    assert_eq!(block_on(p.b.signed_prekey_created()).unwrap(), week_later);
     assert_ne!(up.signed_prekey.as_ref().unwrap().id, old_bundle.signed_prekey.id);
     p.server.upload(&p.ba, up);
     // A session from the bundle fetched before the rotation still works.
