@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod admin;
 pub mod chat;
 pub mod gatekeeper;
 pub mod iq;

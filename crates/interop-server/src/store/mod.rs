@@ -12,7 +12,10 @@
 //! - Per-device queues are capped ([`SubmitOutcome::QueueFull`]) and copies expire.
 
 pub(crate) mod accounts;
+mod providers;
 pub mod sqlite;
+
+pub use providers::{ProviderRecord, ProviderStore};
 
 pub use accounts::{
     AccountKind, AccountStore, Bundle, Enlisted, Identity, NewDevice, PrekeyCounts, PrekeyUpload,

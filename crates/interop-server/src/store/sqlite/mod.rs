@@ -18,6 +18,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 mod accounts;
+mod providers;
 
 use super::{DeviceAddress, MessageStore, QueueLimits, Queued, Submission, SubmitOutcome};
 use crate::{Error, Result};
@@ -120,6 +121,25 @@ CREATE TABLE blocks (
     blocked TEXT NOT NULL,
     PRIMARY KEY (blocker, blocked)
 ) WITHOUT ROWID;
+"#,
+    ),
+    (
+        3,
+        r#"
+CREATE TABLE providers (
+    integrator_id  TEXT    PRIMARY KEY,
+    issuer         TEXT    NOT NULL UNIQUE,
+    discovery_url  TEXT    NOT NULL,
+    allowed_algs   TEXT    NOT NULL,
+    push_endpoint  TEXT    NOT NULL,
+    push_secret    TEXT    NOT NULL,
+    media_base_url TEXT    NOT NULL,
+    enlistments_per_hour    INTEGER NOT NULL,
+    max_devices_per_account INTEGER NOT NULL,
+    messages_per_minute     INTEGER NOT NULL,
+    enabled        INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL
+);
 "#,
     ),
 ];
