@@ -60,7 +60,7 @@ fn jwk_strategy() -> impl Strategy<Value = serde_json::Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_jwks_never_panic_and_never_lose_good_keys(keys in prop::collection::vec(jwk_strategy(), 0..6)) {
