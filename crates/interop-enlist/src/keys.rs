@@ -473,6 +473,8 @@ mod tests {
             json!({"kty":"RSA","kid":"r","n":"AQAB","e":""}),
             json!({"kty":"RSA","kid":"r","n":"AAEC","e":"AQAB"}),
             json!({"kty":"RSA","kid":"r","n":7,"e":"AQAB"}),
+            // 1024-bit modulus: too weak.
+            json!({"kty":"RSA","kid":"r","n":b64url_encode(&[0xff; 128]),"e":"AQAB"}),
             json!({"kty":"EC","crv":"P-256","kid":"e","x":"","y":""}),
             json!({"kty":"EC","crv":"P-256","kid":"e",
                    "x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",

@@ -583,3 +583,40 @@ fn split_resolve_then_verify_matches_verify() {
     let r = policy.verify(&parsed, "https://elsewhere.example", &resolved.key, &device(), now);
     assert_eq!(r.err(), Some(Refusal::WrongIssuer));
 }
+
+/// DER-encodes a raw `r ‖ s` ECDSA signature (what some libraries emit by mistake).
+fn der(raw: &[u8]) -> Vec<u8> {
+    let int = |x: &[u8]| {
+        let x: Vec<u8> = x.iter().copied().skip_while(|b| *b == 0).collect();
+        let mut v = if x.first().is_some_and(|b| b & 0x80 != 0) { vec![0] } else { vec![] };
+        v.extend(x);
+        let mut out = vec![0x02, v.len() as u8];
+        out.extend(v);
+        out
+    };
+    let body = [int(&raw[..32]), int(&raw[32..])].concat();
+    [vec![0x30, body.len() as u8], body].concat()
+}
+
+#[test]
+fn ecdsa_and_rsa_specific_forgeries() {
+    let es = SigningKey::p256_from_scalar(&[3; 32]).expect("scalar");
+    let mut w = World::new(es);
+    let mut entry = w.registry.provider(ISSUER).expect("registered").clone();
+    entry.allowed_algs = vec![Alg::ES256];
+    let now = w.now;
+    w.registry.upsert(entry, now).expect("update");
+    let t = w.token();
+    assert!(w.verify(&t, &device()).is_ok());
+    let (rest, sig) = t.rsplit_once('.').expect("three parts");
+    let raw = B64.decode(sig).expect("base64");
+    let der_token = format!("{rest}.{}", B64.encode(der(&raw)));
+    assert_eq!(w.refusal(&der_token, &device()), Some(Refusal::BadSignature), "DER signature");
+    let zero_token = format!("{rest}.{}", B64.encode([0u8; 64]));
+    assert_eq!(w.refusal(&zero_token, &device()), Some(Refusal::BadSignature), "r = s = 0");
+    // An RS256 token against this ES256-only provider.
+    let rs = rsa_test_key();
+    let h = json!({"alg": "RS256", "typ": "JWT", "kid": w.header()["kid"]});
+    let t = sign_compact(&rs, &h, &w.claims()).expect("sign");
+    assert_eq!(w.refusal(&t, &device()), Some(Refusal::AlgNotAllowed));
+}
