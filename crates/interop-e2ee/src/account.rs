@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use libsignal_protocol::{
     CiphertextMessage, Fingerprint, GenericSignedPreKey, IdentityKey, IdentityKeyPair, KeyPair,
     KyberPreKeyRecord, PreKeyRecord, PreKeySignalMessage, SenderKeyDistributionMessage,
-    SessionRecord, SessionUsabilityRequirements, SignalMessage, SignedPreKeyRecord, Timestamp, kem,
+    SenderKeyMessage, SessionRecord, SessionUsabilityRequirements, SignalMessage,
+    SignedPreKeyRecord, Timestamp, kem,
 };
 use rand::{CryptoRng, Rng};
 
@@ -480,8 +481,14 @@ impl<S: Storage> Account<S> {
             }
         };
         let plaintext = result.map_err(|e| tx.map_err(e))?;
+        let group = match enc.kind {
+            EncKind::SenderKey => SenderKeyMessage::try_from(enc.ciphertext.as_slice())
+                .map(|m| *m.distribution_id().as_bytes())
+                .ok(),
+            _ => None,
+        };
         let finished = tx.finish();
-        Ok(Pending { account: self, sender: sender.clone(), plaintext, finished })
+        Ok(Pending { account: self, sender: sender.clone(), plaintext, group, finished })
     }
 
     /// Archives the current session with `peer` (on a retry receipt, or when the user resets
@@ -660,6 +667,7 @@ pub struct Pending<'a, S> {
     account: &'a mut Account<S>,
     sender: DeviceAddress,
     plaintext: Vec<u8>,
+    group: Option<[u8; 16]>,
     finished: Finished,
 }
 
@@ -681,6 +689,11 @@ impl<S: Storage> Pending<'_, S> {
     /// The sending device.
     pub fn sender(&self) -> &DeviceAddress {
         &self.sender
+    }
+
+    /// The group (distribution id) of a sender-key message; `None` for 1:1.
+    pub fn group(&self) -> Option<[u8; 16]> {
+        self.group
     }
 
     /// Events the decryption caused (committed with it).

@@ -185,12 +185,18 @@ impl<S: Storage> Received<'_, S> {
         self.pending.events()
     }
 
+    /// The group this message belongs to, for sender-key (`skmsg`) content.
+    pub fn group(&self) -> Option<[u8; 16]> {
+        self.pending.group()
+    }
+
     /// Stores the new state and the message's [`Arrival`] in one transaction.
     pub async fn commit(self) -> Result<Vec<Event>> {
         let arrival = self.transport.message.as_ref().map(|m| Arrival {
             sender: self.pending.sender().clone(),
             message_id: m.id.clone(),
             message: m.encode_to_vec(),
+            group: self.pending.group(),
         });
         self.pending.commit(arrival).await
     }

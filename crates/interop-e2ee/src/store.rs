@@ -170,6 +170,9 @@ pub struct Arrival {
     pub message_id: String,
     /// The encoded application-layer `Message` (padding removed).
     pub message: Vec<u8>,
+    /// The group (16-byte distribution id) when the message came as sender-key group
+    /// content (`skmsg`); `None` for a 1:1 message.
+    pub group: Option<[u8; 16]>,
 }
 
 impl fmt::Debug for Arrival {
@@ -177,6 +180,7 @@ impl fmt::Debug for Arrival {
         f.debug_struct("Arrival")
             .field("sender", &self.sender)
             .field("message_len", &self.message.len())
+            .field("group", &self.group.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -407,6 +407,7 @@ fn sender_keys_between_three_parties() {
             Ok(r) => {
                 assert!(!delivered.contains(&key), "{id} decrypted twice");
                 assert_eq!(text_of(r.message().unwrap()), Some(id.as_str()));
+                assert_eq!(r.group(), Some(group));
                 block_on(r.commit()).unwrap();
                 delivered.insert(key);
                 decrypted += 1;
@@ -424,6 +425,9 @@ fn sender_keys_between_three_parties() {
     assert!(decrypted > 500 && duplicates > 10, "{decrypted} {duplicates}");
     let total: usize = accts.iter().map(|a| a.storage().arrivals().len()).sum();
     assert_eq!(total, decrypted);
+    // The distributions arrived as 1:1 transports without messages; every stored arrival is
+    // group content.
+    assert!(accts.iter().flat_map(|a| a.storage().arrivals()).all(|a| a.group == Some(group)));
 
     // Tampered group messages are refused without harming the chain.
     let enc = block_on(accts[0].send_group(group, text_transport("t", "t"), &mut rng)).unwrap();
