@@ -133,3 +133,108 @@ fn debug_never_shows_identifiers_keys_or_tokens() {
         }
     }
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::binary;
+    use crate::testutil::arb_value;
+
+    fn extra_attrs(known: &'static [&'static str]) -> impl Strategy<Value = Vec<(String, String)>> {
+        proptest::collection::vec(("x[a-z]{0,6}", arb_value()), 0..3).prop_map(move |v| {
+            let mut seen = std::collections::HashSet::new();
+            v.into_iter()
+                .filter(|(k, _)| !known.contains(&k.as_str()) && seen.insert(k.clone()))
+                .collect()
+        })
+    }
+
+    fn enc() -> impl Strategy<Value = Enc> {
+        (
+            any::<u32>(),
+            proptest::sample::select(EncType::ALL.to_vec()),
+            proptest::option::of("[a-z]{1,8}"),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            extra_attrs(&["v", "type", "mediatype"]),
+        )
+            .prop_map(|(version, kind, media_type, ciphertext, extra_attrs)| Enc {
+                version,
+                kind,
+                media_type,
+                ciphertext,
+                extra_attrs,
+            })
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            arb_value(),
+            proptest::option::of(arb_value()),
+            proptest::option::of(arb_value()),
+            proptest::sample::select(MessageType::ALL.to_vec()),
+            proptest::option::of(any::<u64>()),
+            proptest::collection::vec(enc(), 0..3),
+            proptest::collection::vec((arb_value(), proptest::collection::vec(enc(), 0..2)), 0..3),
+            extra_attrs(&["id", "to", "from", "type", "t"]),
+            proptest::collection::vec("x[a-z]{0,6}".prop_map(Node::new), 0..2),
+        )
+            .prop_map(
+                |(id, to, from, kind, timestamp, encs, parts, extra_attrs, extra_children)| {
+                    Message {
+                        id,
+                        to,
+                        from,
+                        kind,
+                        timestamp,
+                        encs,
+                        participants: parts
+                            .into_iter()
+                            .map(|(jid, encs)| Participant { jid, encs, extra_attrs: Vec::new() })
+                            .collect(),
+                        extra_attrs,
+                        extra_children,
+                    }
+                },
+            )
+    }
+
+    fn receipt() -> impl Strategy<Value = Receipt> {
+        (
+            arb_value(),
+            proptest::option::of(arb_value()),
+            proptest::sample::select(ReceiptType::ALL.to_vec()),
+            proptest::option::of(any::<u64>()),
+            proptest::collection::vec(arb_value(), 0..4),
+            proptest::option::of(any::<u32>()),
+            extra_attrs(&["id", "to", "from", "type", "t"]),
+        )
+            .prop_map(|(id, to, kind, timestamp, more_ids, retry_count, extra_attrs)| {
+                Receipt {
+                    id,
+                    to,
+                    from: None,
+                    kind,
+                    timestamp,
+                    more_ids,
+                    retry_count,
+                    extra_attrs,
+                    extra_children: Vec::new(),
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip_through_the_wire(m in message()) {
+            let wire = binary::encode(&m.clone().into_node())?;
+            prop_assert_eq!(Message::from_node(binary::decode(&wire)?)?, m);
+        }
+
+        #[test]
+        fn receipts_round_trip_through_the_wire(r in receipt()) {
+            let wire = binary::encode(&r.clone().into_node())?;
+            prop_assert_eq!(Receipt::from_node(binary::decode(&wire)?)?, r);
+        }
+    }
+}
