@@ -85,6 +85,8 @@
 
 pub mod cert;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod header;
 mod keys;
