@@ -32,8 +32,9 @@ const SCRATCH_LEN: usize = 16 * 1024;
 /// bad padding and a wrong plaintext hash all give the same [`Error::Integrity`], so a peer learns
 /// nothing about which check failed.
 ///
-/// After `update` returns an error the decryptor is spent: later calls return
-/// [`Error::DecryptorFailed`].
+/// A download that breaks off does not spoil the decryptor: the caller asks the host (or proxy)
+/// for `Range: bytes=<received()>-` and keeps feeding. After `update` returns an error, though,
+/// the decryptor is spent: later calls return [`Error::DecryptorFailed`].
 pub struct Decryptor<W> {
     cbc: cbc::Decryptor<Aes256>,
     mac: HmacSha256,

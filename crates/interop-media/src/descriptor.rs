@@ -9,8 +9,8 @@ use crate::{Error, Result};
 /// Longest accepted MIME type (RFC 6838 allows 127 characters per part).
 pub const MAX_MIME_TYPE_LEN: usize = 255;
 
-/// Largest inline thumbnail in bytes.
-pub const MAX_THUMBNAIL_LEN: usize = 64 * 1024;
+/// Largest inline thumbnail in bytes (16 KiB, the limit of the content protobuf's `thumbnail`).
+pub const MAX_THUMBNAIL_LEN: usize = 16 * 1024;
 
 /// Longest media path in bytes.
 pub const MAX_PATH_LEN: usize = 512;
@@ -25,11 +25,26 @@ pub const MAX_PROVIDER_ID_LEN: usize = 64;
 pub const MAX_DIMENSION: u32 = 65_535;
 
 /// Longest duration accepted (24 hours, in milliseconds).
-pub const MAX_DURATION_MS: u64 = 24 * 60 * 60 * 1000;
+pub const MAX_DURATION_MS: u32 = 24 * 60 * 60 * 1000;
 
 /// The description of one encrypted file, carried inside the end-to-end encrypted message.
-/// Plain data: interop-e2ee maps it to and from its content protobuf field by field, then calls
-/// [`MediaDescriptor::validate`].
+/// Plain data: interop-e2ee maps it to and from its content protobuf (`interop.content.v1.Media`)
+/// field by field, then calls [`MediaDescriptor::validate`]:
+///
+/// | protobuf field | here |
+/// |---|---|
+/// | `media_type` | `media_type` ([`MediaType::from_wire`]) |
+/// | `mime` | `mime_type` |
+/// | `media_key` | `media_key` ([`MediaKey::from_slice`]) |
+/// | `size` | `digests.plaintext_len` |
+/// | `file_sha256` | `digests.plaintext_sha256` |
+/// | `encrypted_sha256` | `digests.encrypted_sha256` |
+/// | `provider`, `path` | `location` ([`ProviderId::parse`], [`MediaPath::parse`]) |
+/// | `width`, `height` | `dimensions` (both or neither) |
+/// | `duration_ms` | `duration_ms` |
+/// | `thumbnail` (empty = none) | `thumbnail` |
+///
+/// Caption and file name are message content, not part of the file's description.
 ///
 /// `Debug` shows only the media type, MIME type and size: the key, hashes, location and
 /// thumbnail stay out of logs.
@@ -48,7 +63,7 @@ pub struct MediaDescriptor {
     /// Pixel size, for images and videos.
     pub dimensions: Option<Dimensions>,
     /// Play time in milliseconds, for audio and video.
-    pub duration_ms: Option<u64>,
+    pub duration_ms: Option<u32>,
     /// A small preview (JPEG), carried inline: it is already end-to-end encrypted with the
     /// message, so it is not encrypted again.
     pub thumbnail: Option<Vec<u8>>,
