@@ -95,6 +95,11 @@ impl MediaDescriptor {
         Ok(())
     }
 
+    /// The content address of the encrypted file (the SHA-256 the descriptor carries).
+    pub fn content_address(&self) -> crate::ContentAddress {
+        crate::ContentAddress::from_sha256(self.digests.encrypted_sha256)
+    }
+
     /// A decryptor for this file writing into `sink`.
     pub fn decryptor<W: std::io::Write>(&self, sink: W) -> Result<crate::Decryptor<W>> {
         crate::Decryptor::new(&self.media_key, self.media_type, self.digests, sink)
@@ -325,6 +330,7 @@ mod tests {
     #[test]
     fn validate_checks_bounds() {
         assert!(descriptor().validate().is_ok());
+        assert_eq!(descriptor().content_address().as_bytes(), &[2; 32]);
         let mut d = descriptor();
         d.dimensions = Some(Dimensions { width: 0, height: 1 });
         assert!(d.validate().is_err());

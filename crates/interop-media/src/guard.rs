@@ -430,6 +430,11 @@ mod tests {
         assert!(!IpPrefix::parse("1.2.3.4").unwrap().contains(ip("1.2.3.5")));
         assert!(IpPrefix::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
         assert!(!IpPrefix::parse("fd00::/8").unwrap().contains(ip("10.0.0.1")));
+        // An IPv4-mapped prefix is the IPv4 prefix it maps.
+        let mapped = IpPrefix::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains(ip("10.1.2.3")) && mapped.contains(ip("::ffff:10.1.2.3")));
+        assert!(!mapped.contains(ip("11.0.0.1")));
+        assert!(IpPrefix::parse("::ffff:10.0.0.0/64").is_err());
         for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0.0/+8", "x/8", "10.0.0.0/0008"] {
             assert!(IpPrefix::parse(bad).is_err(), "{bad}");
         }
