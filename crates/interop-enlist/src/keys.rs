@@ -169,12 +169,23 @@ impl PublicParams {
     }
 }
 
+/// How a key checks signatures.
+#[derive(Clone)]
+enum Verifier {
+    /// Ed25519 with the key decoded once: jsonwebtoken's `crypto::verify` would decompress
+    /// the point on every call (≈ 10 % of a verification). The check itself is the one
+    /// jsonwebtoken's EdDSA verifier makes (`ed25519_dalek::VerifyingKey::verify`).
+    Ed25519(ed25519_dalek::VerifyingKey),
+    /// ES256 and RS256: `jsonwebtoken::crypto::verify`.
+    Jwt(DecodingKey),
+}
+
 /// A public key a gatekeeper verifies provider tokens with, parsed from a JWKS entry.
 #[derive(Clone)]
 pub struct VerificationKey {
     kid: String,
     params: PublicParams,
-    decoding: DecodingKey,
+    verifier: Verifier,
 }
 
 impl fmt::Debug for VerificationKey {
@@ -196,8 +207,16 @@ pub(crate) enum JwkProblem {
 
 impl VerificationKey {
     fn new(kid: String, params: PublicParams) -> Self {
-        let decoding = params.decoding_key();
-        Self { kid, params, decoding }
+        let verifier = match &params {
+            PublicParams::Ed25519 { x } => match ed25519_dalek::VerifyingKey::from_bytes(x) {
+                Ok(vk) => Verifier::Ed25519(vk),
+                // Unreachable for keys from `from_jwk` (checked there) or from a signing key;
+                // jsonwebtoken then refuses every signature, as it should.
+                Err(_) => Verifier::Jwt(params.decoding_key()),
+            },
+            _ => Verifier::Jwt(params.decoding_key()),
+        };
+        Self { kid, params, verifier }
     }
 
     /// The key id.
@@ -226,8 +245,17 @@ impl VerificationKey {
 
     /// Verifies a JWS signature over `signing_input` (`base64url(header) "." base64url(claims)`).
     pub(crate) fn verify(&self, signing_input: &[u8], signature_b64: &str) -> bool {
-        jsonwebtoken::crypto::verify(signature_b64, signing_input, &self.decoding, self.alg().jwt())
-            .unwrap_or(false)
+        match &self.verifier {
+            Verifier::Ed25519(vk) => {
+                let Some(sig) = b64url_decode(signature_b64) else { return false };
+                let Ok(sig) = ed25519_dalek::Signature::from_slice(&sig) else { return false };
+                ed25519_dalek::Verifier::verify(vk, signing_input, &sig).is_ok()
+            }
+            Verifier::Jwt(key) => {
+                jsonwebtoken::crypto::verify(signature_b64, signing_input, key, self.alg().jwt())
+                    .unwrap_or(false)
+            }
+        }
     }
 
     /// Parses one JWKS entry strictly.
@@ -486,6 +514,28 @@ mod tests {
             assert_eq!(VerificationKey::from_jwk(&jwk).err(), Some(JwkProblem::Invalid), "{jwk}");
         }
         assert_eq!(VerificationKey::from_jwk(&json!([1])).err(), Some(JwkProblem::Invalid));
+    }
+
+    #[test]
+    fn cached_ed25519_verifier_agrees_with_jsonwebtoken() {
+        let k = SigningKey::ed25519_from_seed(&[7; 32]);
+        let vk = k.verification_key();
+        assert!(matches!(vk.verifier, Verifier::Ed25519(_)));
+        let jwt_key = vk.params.decoding_key();
+        let good = k.sign(b"a.b").expect("sign");
+        let other = k.sign(b"a.c").expect("sign");
+        for (input, sig) in [
+            (&b"a.b"[..], good.as_str()),
+            (b"a.b", other.as_str()),
+            (b"a.b", "AAAA"),
+            (b"a.b", "!"),
+        ] {
+            let theirs =
+                jsonwebtoken::crypto::verify(sig, input, &jwt_key, jsonwebtoken::Algorithm::EdDSA)
+                    .unwrap_or(false);
+            assert_eq!(vk.verify(input, sig), theirs, "{sig}");
+        }
+        assert!(vk.verify(b"a.b", &good));
     }
 
     #[test]
