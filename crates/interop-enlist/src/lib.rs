@@ -49,6 +49,12 @@
 //! # Ok::<(), interop_enlist::Error>(())
 //! ```
 //!
+//! Verification order and refusal codes follow `docs/PROTOCOL.md` (identity section): strict
+//! shape and JSON checks (duplicate member names, depth, size) come before any cryptography;
+//! `jsonwebtoken` provides signing and ES256/RS256 signature checks, while every claim check
+//! is done here with `now` passed in (jsonwebtoken's `Validation` reads the system clock).
+//! Keys come only from the registered provider's JWKS, never from a token's `jku`/`x5u`/`jwk`.
+//!
 //! # What this crate does not do
 //! - No HTTP, no sockets, no clock: the server performs the fetches [`Registry::poll_fetch`]
 //!   asks for, serves the documents, and passes `now` in.
