@@ -208,6 +208,19 @@ impl Registry {
         Ok(())
     }
 
+    /// Removes a provider and its cached keys. Returns false if no such provider. A fetch
+    /// in flight for it is then answered with [`Error::UnexpectedResponse`].
+    pub fn remove(&mut self, issuer: &str) -> bool {
+        let before = self.providers.len();
+        self.providers.retain(|r| r.entry.issuer != issuer);
+        self.providers.len() != before
+    }
+
+    /// The registered providers.
+    pub fn providers(&self) -> impl Iterator<Item = &ProviderEntry> {
+        self.providers.iter().map(|r| &r.entry)
+    }
+
     /// Flips the kill switch. Returns false if no such provider.
     pub fn set_enabled(&mut self, issuer: &str, enabled: bool) -> bool {
         self.providers

@@ -390,3 +390,21 @@ fn registry_refuses_bad_entries() {
     assert!(r.upsert(good, now).is_ok());
     assert!(!r.set_enabled("https://nobody.example", false));
 }
+
+#[test]
+fn removing_a_provider_refuses_its_tokens_and_drops_its_fetches() {
+    let mut w = World::ed25519();
+    w.add_provider(OTHER_ISSUER, "other", SigningKey::ed25519_from_seed(&[2; 32]));
+    assert_eq!(w.registry.providers().count(), 2);
+    w.advance(HOUR);
+    let req = w.registry.poll_fetch(w.now).expect("refresh due");
+    assert_eq!(req.issuer, ISSUER, "providers are polled in registration order");
+    assert!(w.registry.remove(&req.issuer));
+    assert!(!w.registry.remove(&req.issuer));
+    let now = w.now;
+    let late = FetchResponse { ticket: req.ticket, result: Err(FetchFailure::Timeout) };
+    assert!(matches!(w.registry.handle_fetch(now, late), Err(Error::UnexpectedResponse)));
+    let t = w.token();
+    assert_eq!(w.refusal(&t, &device()), Some(Refusal::UnknownIssuer));
+    assert_eq!(w.registry.providers().count(), 1);
+}
