@@ -408,3 +408,72 @@ fn removing_a_provider_refuses_its_tokens_and_drops_its_fetches() {
     assert_eq!(w.refusal(&t, &device()), Some(Refusal::UnknownIssuer));
     assert_eq!(w.registry.providers().count(), 1);
 }
+
+/// A seeded random schedule of outages (some longer than the maximum stale age), rotations
+/// and clock jumps (each longer than the largest retry delay). Safety: a token is never
+/// accepted from another device, and keys are never served beyond the maximum stale age.
+/// Liveness: whenever the provider is up, an honest token is accepted, after at most one
+/// refresh.
+#[test]
+fn random_schedules_keep_safety_and_liveness() {
+    use rand::{Rng as _, SeedableRng as _};
+    let (mut accepted, mut refreshed, mut closed) = (0, 0, 0);
+    for seed in 0..6u64 {
+        let mut r = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let mut w = World::ed25519();
+        let mut last_success = w.now;
+        let mut outage_left = 0u32;
+        let mut next_seed = 50u8;
+        for step in 0..300 {
+            w.advance(r.random_range(301..7200));
+            match r.random_range(0..12) {
+                0 if outage_left == 0 => outage_left = r.random_range(1..50),
+                1 => {
+                    let now = w.now;
+                    next_seed = next_seed.wrapping_add(1);
+                    let k = SigningKey::ed25519_from_seed(&[next_seed; 32]);
+                    w.provider().ring.rotate(k, now, Duration::from_secs(630));
+                }
+                2 => {
+                    let now = w.now;
+                    w.provider().ring.prune(now);
+                }
+                _ => {}
+            }
+            let up = outage_left == 0;
+            w.provider().serve = if up { Serve::Ok } else { Serve::Down };
+            outage_left = outage_left.saturating_sub(1);
+            let (problems, fetches) = (w.problems.len(), w.fetches.len());
+            w.pump();
+            if up && w.fetches.len() > fetches && w.problems.len() == problems {
+                last_success = w.now;
+            }
+            let t = w.token();
+            let stale = w.now.since(last_success) >= Duration::from_secs(86_400);
+            let other = Thumbprint::of_x25519(&OTHER_DEVICE);
+            let ctx = format!("seed {seed} step {step}");
+            assert!(w.refusal(&t, &other).is_some(), "{ctx}: accepted from another device");
+            match w.refusal(&t, &device()) {
+                None => {
+                    assert!(!stale, "{ctx}: served keys beyond max stale");
+                    accepted += 1;
+                }
+                Some(Refusal::UnknownKid) => {
+                    w.pump();
+                    if up {
+                        assert_eq!(w.refusal(&t, &device()), None, "{ctx}: liveness");
+                        last_success = w.now;
+                        refreshed += 1;
+                    }
+                }
+                Some(Refusal::KeysUnavailable) => {
+                    assert!(stale && !up, "{ctx}: failed closed too early");
+                    closed += 1;
+                }
+                Some(other) => panic!("{ctx}: honest token refused: {other:?}"),
+            }
+        }
+    }
+    // The schedule reached every branch.
+    assert!(accepted > 100 && refreshed > 5 && closed > 5, "{accepted} {refreshed} {closed}");
+}
