@@ -399,13 +399,21 @@ fn time_claim(c: &Map<String, Value>, claim: Claim) -> Result<Option<u64>, Refus
 }
 
 /// A user-visible identifier: 1 to [`MAX_SUBJECT_LEN`] bytes of UTF-8, no control or
-/// whitespace characters other than inner spaces, no leading or trailing space.
+/// whitespace characters other than inner spaces, no leading or trailing space, and no
+/// invisible characters that could make two identifiers look alike (zero-width characters,
+/// bidirectional controls, the byte-order mark).
 pub fn valid_subject(sub: &str) -> bool {
     !sub.is_empty()
         && sub.len() <= MAX_SUBJECT_LEN
         && !sub.starts_with(' ')
         && !sub.ends_with(' ')
-        && sub.chars().all(|ch| ch == ' ' || !(ch.is_control() || ch.is_whitespace()))
+        && sub
+            .chars()
+            .all(|ch| ch == ' ' || !(ch.is_control() || ch.is_whitespace() || invisible(ch)))
+}
+
+fn invisible(ch: char) -> bool {
+    matches!(ch, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// The checked contents of a token.

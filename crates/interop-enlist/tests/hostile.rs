@@ -431,6 +431,22 @@ fn cases() -> Vec<Case> {
         ),
         ("sub empty", |w| with_claims(w, |c| c["sub"] = "".into()), BadSubject),
         (
+            "sub with a right-to-left override",
+            |w| with_claims(w, |c| c["sub"] = "alice\u{202E}gro.elpmaxe".into()),
+            BadSubject,
+        ),
+        (
+            "sub with a zero-width space",
+            |w| with_claims(w, |c| c["sub"] = "al\u{200B}ice".into()),
+            BadSubject,
+        ),
+        (
+            "sub with a trailing space",
+            |w| with_claims(w, |c| c["sub"] = "alice ".into()),
+            BadSubject,
+        ),
+        ("sub of 257 bytes", |w| with_claims(w, |c| c["sub"] = "a".repeat(257).into()), BadSubject),
+        (
             "cnf.jkt of another device",
             |w| {
                 with_claims(w, |c| {
