@@ -206,6 +206,12 @@ impl JwksCache {
         now: UnixTime,
     ) -> Result<Self> {
         policy.check(discovery_url).map_err(Error::InsecureUrl)?;
+        if config.min_refresh > config.max_refresh || config.retry_base > config.retry_max {
+            return Err(Error::InvalidConfig("cache bounds: minimum above maximum"));
+        }
+        if config.max_keys == 0 || config.max_body == 0 {
+            return Err(Error::InvalidConfig("cache bounds: zero keys or zero body"));
+        }
         Ok(Self {
             issuer: issuer.to_owned(),
             discovery_url: discovery_url.to_owned(),

@@ -477,3 +477,24 @@ fn random_schedules_keep_safety_and_liveness() {
     // The schedule reached every branch.
     assert!(accepted > 100 && refreshed > 5 && closed > 5, "{accepted} {refreshed} {closed}");
 }
+
+#[test]
+fn inconsistent_cache_bounds_are_refused() {
+    let now = UnixTime::from_secs(T0);
+    let url = "https://id.example.org/.well-known/openid-configuration";
+    let bad = [
+        CacheConfig {
+            min_refresh: Duration::from_secs(10),
+            max_refresh: Duration::from_secs(5),
+            ..CacheConfig::default()
+        },
+        CacheConfig { retry_base: Duration::from_secs(600), ..CacheConfig::default() },
+        CacheConfig { max_keys: 0, ..CacheConfig::default() },
+    ];
+    for config in bad {
+        assert!(matches!(
+            JwksCache::new(ISSUER, url, UrlPolicy::HttpsOnly, config, now),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+}
