@@ -374,7 +374,10 @@ impl ExpectClientHello {
                 let n = state.write_message(&payload, &mut buf).map_err(noise_err)?;
                 buf.truncate(n);
                 let reply = handshake_frame(Hs::ServerHello(buf.into()))?;
-                Ok(ServerStep::Xx(ExpectClientFinish { state, config: self.config }, reply))
+                Ok(ServerStep::Xx(
+                    ExpectClientFinish { state, config: self.config, header: self.header },
+                    reply,
+                ))
             }
             Hs::IkHello(noise) if self.ik_allowed => {
                 let mut state = build(NOISE_IK, &self.config.keys, &prologue, None, false, rng)?;
@@ -396,7 +399,8 @@ impl ExpectClientHello {
                     state.into_transport_mode().map_err(Error::Noise)?,
                     self.config.max_stanza,
                 );
-                Ok(ServerStep::Ik(ExpectIkConfirm { transport, client, client_key }, reply))
+                let next = ExpectIkConfirm { transport, client, client_key, header: self.header };
+                Ok(ServerStep::Ik(next, reply))
             }
             Hs::IkHello(_) => Err(Error::UnexpectedMessage("ik_hello after retry_with_xx")),
             _ => Err(Error::UnexpectedMessage("expected client_hello or ik_hello")),
@@ -409,6 +413,7 @@ impl ExpectClientHello {
 pub struct ExpectClientFinish {
     state: snow::HandshakeState,
     config: ServerConfig,
+    header: ConnectionHeader,
 }
 
 impl ExpectClientFinish {
@@ -425,7 +430,7 @@ impl ExpectClientFinish {
             self.state.into_transport_mode().map_err(Error::Noise)?,
             self.config.max_stanza,
         );
-        Ok(ServerDone { transport, payload, client_key, resumed: false })
+        Ok(ServerDone { transport, payload, client_key, resumed: false, header: self.header })
     }
 }
 
@@ -435,6 +440,7 @@ pub struct ExpectIkConfirm {
     transport: Transport,
     client: ClientPayload,
     client_key: [u8; 32],
+    header: ConnectionHeader,
 }
 
 impl ExpectIkConfirm {
@@ -450,6 +456,7 @@ impl ExpectIkConfirm {
             payload: self.client,
             client_key: self.client_key,
             resumed: true,
+            header: self.header,
         })
     }
 }
@@ -464,6 +471,8 @@ pub struct ServerDone {
     pub client_key: [u8; 32],
     /// Whether this was an IK resumption.
     pub resumed: bool,
+    /// The connection header the client sent (its stanza-dictionary version).
+    pub header: ConnectionHeader,
 }
 
 /// Debug without payloads (they hold identifiers and the provider JWT).

@@ -135,7 +135,6 @@ where
 }
 
 /// A connection the server accepted, with who the client said it is.
-#[derive(Debug)]
 pub struct Accepted<S> {
     /// The established stream.
     pub stream: NoiseStream<S>,
@@ -145,6 +144,18 @@ pub struct Accepted<S> {
     pub client_key: [u8; 32],
     /// Whether the client resumed with IK.
     pub resumed: bool,
+    /// The connection header the client sent (its stanza-dictionary version).
+    pub header: ConnectionHeader,
+}
+
+impl<S> std::fmt::Debug for Accepted<S> {
+    /// Leaves out the payload: it holds identifiers and the provider JWT.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted")
+            .field("resumed", &self.resumed)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs the server side of the handshake on `io`. Returns once the client is authenticated
@@ -199,6 +210,7 @@ where
         payload: done.payload,
         client_key: done.client_key,
         resumed: done.resumed,
+        header: done.header,
     })
 }
 
@@ -257,6 +269,8 @@ mod tests {
             assert_eq!(&connected.server_key, server_cfg.public_key());
             assert_eq!(s.payload.account_id, "bob");
             assert_eq!(s.client_key, client_pub);
+            assert_eq!(s.header, ConnectionHeader::current(1));
+            assert!(!format!("{s:?}").contains("bob"), "Debug leaves out the payload");
             cached = Some(connected.server_key);
 
             c.send(b"one").await.unwrap();

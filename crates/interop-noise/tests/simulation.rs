@@ -214,6 +214,10 @@ fn xx_first_contact_authenticates_both_sides() {
     assert_eq!(s.client_key, w.client_keys.public);
     assert_eq!(s.payload, payload());
     assert_eq!(c.server.server_time_ms, NOW * 1000);
+    assert_eq!(s.header, ConnectionHeader::current(1));
+    for shown in [format!("{s:?}"), format!("{c:?}"), format!("{:?}", w.client)] {
+        assert!(!shown.contains("alice") && !shown.contains("header.claims"), "{shown}");
+    }
     assert_talks(c, s);
 }
 
