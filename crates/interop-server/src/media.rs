@@ -82,8 +82,8 @@ impl BlobStore {
         content_length: Option<u64>,
         mut body: impl Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     ) -> Result<Put> {
-        let mut verifier = UploadVerifier::new(address, content_length, &self.limits)
-            .map_err(media_error)?;
+        let mut verifier =
+            UploadVerifier::new(address, content_length, &self.limits).map_err(media_error)?;
         let tmp =
             self.dir.join("tmp").join(format!("{}.{}", address.to_hex(), rand::random::<u64>()));
         let result = async {
