@@ -160,17 +160,10 @@ impl Transport {
         self.plain.clear();
         self.plain.extend_from_slice(header);
         self.plain.extend_from_slice(chunk);
-        let start = out.len();
-        let body = self.plain.len() + 16;
-        out.resize(start + frame::LEN_PREFIX + body, 0);
-        let n = self
-            .state
-            .write_message(&self.plain, &mut out[start + frame::LEN_PREFIX..])
-            .map_err(Error::Noise)?;
-        debug_assert_eq!(n, body);
-        let len = u32::try_from(n).expect("a Noise message is at most 65,535 bytes").to_be_bytes();
-        out[start..start + frame::LEN_PREFIX].copy_from_slice(&len[1..]);
-        Ok(())
+        // Encrypt into the (aligned) scratch buffer, then frame: AES-GCM over a buffer at
+        // offset 3 of `out` costs more than the copy (measured with callgrind).
+        let n = self.state.write_message(&self.plain, &mut self.scratch).map_err(Error::Noise)?;
+        frame::encode(&self.scratch[..n], out)
     }
 
     /// Decrypts one Noise message into the scratch buffer; returns its plaintext length.
