@@ -513,7 +513,7 @@ mod tests {
     use interop_stanza::stanza::{ChatStateKind, Enc, EncType, MessageType, Participant};
 
     use super::*;
-    use crate::store::accounts::suite::{device, interop};
+    use crate::store::accounts::suite::{device, interop, native};
     use crate::store::sqlite::SqliteStore;
     use crate::store::{Identity, QueueLimits};
 
@@ -532,15 +532,6 @@ mod tests {
         let hook_woken = Arc::clone(&woken);
         let hook: OfflineHook = Arc::new(move |d| hook_woken.lock().unwrap().push(d));
         World { _dir: dir, chat: Chat::new(store, ChatConfig::default(), Some(hook)), woken }
-    }
-
-    fn native(phone: &str) -> Identity {
-        Identity {
-            kind: AccountKind::Native,
-            issuer: String::new(),
-            subject: phone.into(),
-            integrator: String::new(),
-        }
     }
 
     impl World {

@@ -230,22 +230,13 @@ mod tests {
 
     use super::*;
     use crate::store::QueueLimits;
-    use crate::store::accounts::suite::{device, interop};
+    use crate::store::accounts::suite::{device, interop, native};
     use crate::store::sqlite::SqliteStore;
 
     async fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("gk.db"), QueueLimits::default()).await.unwrap();
         (dir, s)
-    }
-
-    fn native(phone: &str) -> Identity {
-        Identity {
-            kind: AccountKind::Native,
-            issuer: String::new(),
-            subject: phone.into(),
-            integrator: String::new(),
-        }
     }
 
     fn get(xmlns: &str, payload: IqPayload) -> Node {

@@ -247,6 +247,15 @@ pub(crate) mod suite {
         }
     }
 
+    pub fn native(identifier: &str) -> Identity {
+        Identity {
+            kind: AccountKind::Native,
+            issuer: String::new(),
+            subject: identifier.into(),
+            integrator: String::new(),
+        }
+    }
+
     pub fn device(key: u8, one_time: u32, kyber: u32) -> NewDevice {
         let sig =
             |i: u32| SignedPrekey { id: i, public: vec![key, 1, i as u8], signature: vec![key, 2] };
