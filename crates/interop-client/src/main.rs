@@ -18,6 +18,9 @@ struct Cli {
     /// `root-key`). Required: the client refuses servers it cannot authenticate.
     #[arg(long, env = "INTEROP_ROOT_KEY")]
     root_key: Option<String>,
+    /// Refuse server certificates (intermediate or leaf) with this serial; repeatable.
+    #[arg(long = "revoke", value_name = "SERIAL")]
+    revoked_serials: Vec<u64>,
     /// Your account identifier.
     #[arg(long, env = "INTEROP_ACCOUNT")]
     account: String,
@@ -61,10 +64,9 @@ async fn main() -> anyhow::Result<()> {
         let bytes = hex::decode(hex_key).context("--root-key is not hex")?;
         let root: [u8; 32] =
             bytes.try_into().map_err(|_| anyhow::anyhow!("--root-key must be 32 bytes"))?;
-        opts.trust_anchor = Some(
-            interop_noise::TrustAnchor::new(root)
-                .context("--root-key is not an Ed25519 public key")?,
-        );
+        let anchor = interop_noise::TrustAnchor::new(root)
+            .context("--root-key is not an Ed25519 public key")?;
+        opts.trust_anchor = Some(cli.revoked_serials.iter().fold(anchor, |a, s| a.revoke(*s)));
     }
     if let Some(dir) = &cli.data_dir {
         opts.device_key = keyfile::load_or_generate(&dir.join("device.key"))?;

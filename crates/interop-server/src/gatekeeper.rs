@@ -16,10 +16,13 @@ use rand::SeedableRng;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::{Result, keyfile};
+use crate::{Error, Result, keyfile};
 
 /// How many stanzas may wait for a slow connection before the router drops it.
 const OUTBOX: usize = 256;
+
+/// How long a client may take to complete its handshake (slow or silent peers are dropped).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Gatekeeper settings.
 #[derive(Debug, Clone)]
@@ -130,8 +133,11 @@ async fn serve_connection(socket: TcpStream, noise: &ServerConfig, router: &Rout
     let mut rng = rand::rngs::StdRng::from_os_rng();
     // Returns only once the client is authenticated (for IK: after its key confirmation, so a
     // replayed first message creates no session).
+    let accept = interop_noise::tokio::accept(socket, noise, now_ms(), &mut rng);
     let Accepted { mut stream, payload, .. } =
-        interop_noise::tokio::accept(socket, noise, now_ms(), &mut rng).await?;
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await.map_err(|_| {
+            Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))
+        })??;
     let account = payload.account_id;
     let (tx, mut rx) = mpsc::channel(OUTBOX);
     let id = router.register(&account, tx);
