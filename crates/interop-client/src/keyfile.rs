@@ -45,17 +45,49 @@ pub fn cache_server_key(dir: &Path, server: &str, key: &[u8; 32]) -> Result<()> 
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".tmp");
     std::fs::write(&tmp, key)?;
     std::fs::rename(&tmp, &path)?;
     Ok(())
 }
 
-/// `<dir>/server-keys/<server>` with every byte outside `[A-Za-z0-9.-]` replaced by `_`.
+/// `<dir>/server-keys/s-<server>` with every character outside `[A-Za-z0-9.-]` replaced by `_`
+/// (the prefix keeps names like `..` inside the directory).
 fn server_key_path(dir: &Path, server: &str) -> std::path::PathBuf {
     let name: String = server
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
         .collect();
-    dir.join("server-keys").join(name)
+    dir.join("server-keys").join(format!("s-{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_keys_are_cached_per_server_under_a_safe_name() {
+        let dir =
+            std::env::temp_dir().join(format!("interop-client-keyfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(cached_server_key(&dir, "gk.example:5222").unwrap(), None);
+        cache_server_key(&dir, "gk.example:5222", &[7; 32]).unwrap();
+        cache_server_key(&dir, "../other:1", &[8; 32]).unwrap();
+        cache_server_key(&dir, "..", &[9; 32]).unwrap();
+        assert_eq!(cached_server_key(&dir, "gk.example:5222").unwrap(), Some([7; 32]));
+        assert_eq!(cached_server_key(&dir, "../other:1").unwrap(), Some([8; 32]));
+        assert_eq!(cached_server_key(&dir, "..").unwrap(), Some([9; 32]));
+        // Names never leave the cache directory.
+        let names: Vec<String> = std::fs::read_dir(dir.join("server-keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with("s-") && !n.contains(['/', ':'])), "{names:?}");
+        // A damaged cache entry is ignored (the next connection runs XX and rewrites it).
+        std::fs::write(server_key_path(&dir, "gk.example:5222"), b"short").unwrap();
+        assert_eq!(cached_server_key(&dir, "gk.example:5222").unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
