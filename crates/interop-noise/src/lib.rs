@@ -100,6 +100,45 @@ pub mod tokio;
 #[allow(clippy::all, missing_docs, missing_debug_implementations)]
 pub mod proto {
     include!("generated/interop.handshake.v1.rs");
+
+    /// Written by hand (codegen skips it): the payload carries the provider JWT and the account
+    /// id, which must never reach a log.
+    impl std::fmt::Debug for ClientPayload {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ClientPayload")
+                .field("product", &self.product)
+                .field("account_id", &"<redacted>")
+                .field("device_id", &self.device_id)
+                .field("user_agent", &self.user_agent)
+                .field(
+                    "provider_jwt",
+                    &if self.provider_jwt.is_empty() { "<none>" } else { "<redacted>" },
+                )
+                .field("read_receipts", &self.read_receipts)
+                .finish()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn client_payload_debug_shows_no_token_or_account() {
+            let p = super::ClientPayload {
+                account_id: "alice-account-7".into(),
+                provider_jwt: "eyJhbGciOiJFZERTQSJ9.secret-claims.signature".into(),
+                device_id: 3,
+                ..Default::default()
+            };
+            let shown = format!("{p:?}");
+            assert!(
+                !shown.contains("alice-account-7")
+                    && !shown.contains("eyJ")
+                    && !shown.contains("secret"),
+                "{shown}"
+            );
+            assert!(shown.contains("device_id: 3"));
+        }
+    }
 }
 
 pub use cert::{CertError, TrustAnchor};

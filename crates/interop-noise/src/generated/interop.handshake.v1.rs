@@ -45,6 +45,7 @@ pub struct VersionRejected {
 pub struct RetryWithXx {}
 /// Sent by the client inside the (encrypted) handshake: who is connecting.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
 pub struct ClientPayload {
     #[prost(enumeration = "Product", tag = "1")]
     pub product: i32,
