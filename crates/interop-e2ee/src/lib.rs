@@ -49,8 +49,13 @@
 //!     .await?;
 //! let node = interop_e2ee::stanza::message_stanza("m1", "bob", interop_e2ee::stanza::MessageType::Text, &encs);
 //!
-//! // The gatekeeper routes it and adds the sender.
-//! let delivered = node.with_attr("from", "alice").with_attr("from_device", "1");
+//! // The gatekeeper delivers Bob's copy: his `enc` only, `from` the sender device's address.
+//! let mut copy = interop_stanza::stanza::Message::from_node(node).expect("a message stanza");
+//! copy.encs = std::mem::take(&mut copy.participants[0].encs);
+//! copy.participants.clear();
+//! copy.to = None;
+//! copy.from = Some("alice:1@s.interop".into());
+//! let delivered = copy.into_node();
 //! let incoming = interop_e2ee::stanza::parse_incoming(&delivered, &bob_addr)?;
 //! let received = bob.receive(&incoming.sender, &incoming.enc, &mut rng).await?;
 //! assert!(matches!(

@@ -1,20 +1,24 @@
-//! Mapping encrypted payloads onto `message` stanzas: one `enc` child per device.
+//! Mapping encrypted payloads onto `message` stanzas (docs/PROTOCOL.md sections 2.7, 4 and
+//! 5.3): one `participants/to` per destination device, each holding that device's `enc`.
 //!
-//! Outgoing (client to gatekeeper):
+//! Outgoing (client to gatekeeper), to account `bob` from a sender with another device:
 //!
 //! ```xml
-//! <message id="5f0c…" to="bob" type="text">
-//!   <enc v="2" type="pkmsg" device="1">…</enc>                  <!-- bob's device 1 -->
-//!   <enc v="2" type="msg" device="2">…</enc>                    <!-- bob's device 2 -->
-//!   <enc v="2" type="msg" account="alice" device="3">…</enc>    <!-- sender's other device -->
+//! <message id="5f0c…" to="bob@s.interop" type="text">
+//!   <participants>
+//!     <to jid="bob:1@s.interop"><enc v="2" type="pkmsg">…</enc></to>
+//!     <to jid="bob:2@s.interop"><enc v="2" type="msg">…</enc></to>
+//!     <to jid="alice:3@s.interop"><enc v="2" type="msg">…</enc></to>   <!-- sender's other device -->
+//!   </participants>
 //! </message>
 //! ```
 //!
-//! Incoming (gatekeeper to one device): the gatekeeper keeps only the `enc` for that device
-//! and adds the sender: `<message id from="alice" from_device="1" type="text"><enc v="2"
-//! type="msg">…</enc></message>`.
+//! Incoming (gatekeeper to one device): only that device's `enc`, `to` removed, and `from` the
+//! sender **device** address: `<message id from="alice:1@s.interop" type="text"><enc v="2"
+//! type="msg">…</enc></message>`. An address may carry a provider integrator id
+//! (`alice.acme:1@s.interop`); the account and device are what the Signal session uses.
 
-use interop_stanza::Node;
+use interop_stanza::{Node, stanza};
 
 use crate::account::{Enc, EncKind};
 use crate::store::DeviceAddress;
@@ -38,36 +42,55 @@ pub enum MessageType {
     Media,
 }
 
-/// Builds the outgoing `message` stanza to account `to`: one `enc` per device. Devices of
-/// other accounts (the sender's own other devices) carry an `account` attribute.
+/// The server part of account and device addresses.
+pub const SERVER: &str = "s.interop";
+
+/// The address of one device: `account:device@s.interop`.
+pub fn device_jid(device: &DeviceAddress) -> String {
+    format!("{}:{}@{SERVER}", device.account(), device.device())
+}
+
+/// The account and device an address names: `account[.integrator]:device@s.interop`.
+pub fn parse_device_jid(jid: &str) -> Option<DeviceAddress> {
+    let (local, server) = jid.rsplit_once('@')?;
+    if server != SERVER {
+        return None;
+    }
+    let (rest, device) = local.rsplit_once(':')?;
+    if device.len() > 1 && device.starts_with('0') {
+        return None;
+    }
+    let account = rest.split_once('.').map_or(rest, |(a, _)| a);
+    DeviceAddress::new(account, device.parse::<u8>().ok()?).ok()
+}
+
+fn wire_enc(enc: &Enc) -> stanza::Enc {
+    let kind = match enc.kind {
+        EncKind::PreKey => stanza::EncType::Pkmsg,
+        EncKind::Message => stanza::EncType::Msg,
+        EncKind::SenderKey => stanza::EncType::Skmsg,
+    };
+    stanza::Enc::new(kind, enc.ciphertext.clone())
+}
+
+/// Builds the outgoing `message` stanza to account `to`: one `participants/to` per device
+/// (the recipient's devices and the sender's own other devices).
 pub fn message_stanza(
     id: &str,
     to: &str,
     kind: MessageType,
     encs: &[(DeviceAddress, Enc)],
 ) -> Node {
-    let children = encs
-        .iter()
-        .map(|(device, enc)| {
-            let mut node =
-                Node::new("enc").with_attr("v", ENC_VERSION).with_attr("type", enc.kind.as_str());
-            if device.account() != to {
-                node = node.with_attr("account", device.account());
-            }
-            node.with_attr("device", device.device().to_string()).with_bytes(enc.ciphertext.clone())
-        })
-        .collect();
-    Node::new("message")
-        .with_attr("id", id)
-        .with_attr("to", to)
-        .with_attr(
-            "type",
-            match kind {
-                MessageType::Text => "text",
-                MessageType::Media => "media",
-            },
-        )
-        .with_children(children)
+    let kind = match kind {
+        MessageType::Text => stanza::MessageType::Text,
+        MessageType::Media => stanza::MessageType::Media,
+    };
+    let mut message = stanza::Message::new(id, kind).to(format!("{to}@{SERVER}"));
+    for (device, enc) in encs {
+        message =
+            message.with_participant(stanza::Participant::new(device_jid(device), wire_enc(enc)));
+    }
+    message.into_node()
 }
 
 /// One received payload, parsed from a delivered `message` stanza.
@@ -75,51 +98,50 @@ pub fn message_stanza(
 pub struct Incoming {
     /// The message id (`id`).
     pub id: String,
-    /// The sending device (`from`, `from_device`).
+    /// The sending device (from the `from` address).
     pub sender: DeviceAddress,
     /// The payload for this device.
     pub enc: Enc,
 }
 
-fn enc_of(node: &Node) -> Result<Enc> {
-    if node.attr("v") != Some(ENC_VERSION) {
+fn enc_of(enc: &stanza::Enc) -> Result<Enc> {
+    if enc.version != 2 {
         return Err(Error::UnsupportedVersion);
     }
-    let kind = node.attr("type").and_then(EncKind::parse).ok_or(Error::Malformed("enc type"))?;
-    let bytes = node.bytes().ok_or(Error::Malformed("enc without bytes"))?;
-    if bytes.is_empty() || bytes.len() > MAX_ENC_LEN {
+    let kind = EncKind::parse(enc.kind.as_str()).ok_or(Error::Malformed("enc type"))?;
+    if enc.ciphertext.is_empty() || enc.ciphertext.len() > MAX_ENC_LEN {
         return Err(Error::Malformed("enc length"));
     }
-    Ok(Enc { kind, ciphertext: bytes.to_vec() })
+    Ok(Enc { kind, ciphertext: enc.ciphertext.clone() })
 }
 
-/// Parses a delivered `message` stanza addressed to `me`: picks the `enc` for `me` (an `enc`
-/// without `device` is for whoever the gatekeeper delivered it to).
+/// Parses a delivered `message` stanza addressed to `me`: the sender from `from`, and the
+/// payload either as the direct `enc` (what the gatekeeper delivers) or as the
+/// `participants/to` naming `me`.
 pub fn parse_incoming(node: &Node, me: &DeviceAddress) -> Result<Incoming> {
     if node.tag != "message" {
         return Err(Error::Malformed("not a message stanza"));
     }
-    let id = node.attr("id").ok_or(Error::Malformed("message without id"))?;
-    if id.is_empty() || id.len() > MAX_ID_LEN {
+    let message =
+        stanza::Message::from_node(node.clone()).map_err(|_| Error::Malformed("message stanza"))?;
+    if message.id.is_empty() || message.id.len() > MAX_ID_LEN {
         return Err(Error::Malformed("message id length"));
     }
-    let from = node.attr("from").ok_or(Error::Malformed("message without from"))?;
-    let from_device = node
-        .attr("from_device")
-        .and_then(|d| d.parse::<u8>().ok())
-        .ok_or(Error::Malformed("message without from_device"))?;
-    let sender = DeviceAddress::new(from, from_device)
-        .map_err(|_| Error::Malformed("bad sender address"))?;
-    let mine = node.children().iter().filter(|c| c.tag == "enc").find(|c| {
-        let device_ok = match c.attr("device") {
-            None => true,
-            Some(d) => d.parse::<u8>().ok() == Some(me.device()),
-        };
-        let account_ok = c.attr("account").is_none_or(|a| a == me.account());
-        device_ok && account_ok
-    });
+    let sender = message
+        .from
+        .as_deref()
+        .and_then(parse_device_jid)
+        .ok_or(Error::Malformed("message without a sender device address"))?;
+    let mine = match message.encs.first() {
+        Some(direct) => Some(direct),
+        None => message
+            .participants
+            .iter()
+            .find(|p| parse_device_jid(&p.jid).as_ref() == Some(me))
+            .and_then(|p| p.encs.first()),
+    };
     let enc = enc_of(mine.ok_or(Error::Malformed("no enc for this device"))?)?;
-    Ok(Incoming { id: id.to_owned(), sender, enc })
+    Ok(Incoming { id: message.id, sender, enc })
 }
 
 #[cfg(test)]
@@ -130,52 +152,84 @@ mod tests {
         DeviceAddress::new(a, d).unwrap()
     }
 
+    /// What the gatekeeper delivers to `device` (docs/PROTOCOL.md 4.2): that device's `enc`
+    /// only, `to` removed, `from` the sender device's address.
+    pub(crate) fn delivered(node: &Node, sender: &DeviceAddress, device: &DeviceAddress) -> Node {
+        let m = stanza::Message::from_node(node.clone()).unwrap();
+        let p = m.participants.iter().find(|p| p.jid == device_jid(device)).unwrap();
+        let mut copy = stanza::Message::new(m.id.clone(), m.kind).from(device_jid(sender));
+        copy.encs.clone_from(&p.encs);
+        copy.into_node()
+    }
+
     #[test]
-    fn builds_one_enc_per_device_and_parses_the_right_one() {
+    fn builds_one_payload_per_device_and_parses_the_right_one() {
         let encs = vec![
             (addr("bob", 1), Enc { kind: EncKind::PreKey, ciphertext: vec![1] }),
             (addr("bob", 2), Enc { kind: EncKind::Message, ciphertext: vec![2] }),
             (addr("alice", 3), Enc { kind: EncKind::Message, ciphertext: vec![3] }),
         ];
         let node = message_stanza("abc", "bob", MessageType::Text, &encs);
-        assert_eq!(node.tag, "message");
-        assert_eq!(node.attr("to"), Some("bob"));
-        assert_eq!(node.children().len(), 3);
-        assert_eq!(node.children()[0].attr("type"), Some("pkmsg"));
-        assert_eq!(node.children()[0].attr("account"), None);
-        assert_eq!(node.children()[2].attr("account"), Some("alice"));
+        let m = stanza::Message::from_node(node.clone()).unwrap();
+        assert_eq!(m.to.as_deref(), Some("bob@s.interop"));
+        let jids: Vec<&str> = m.participants.iter().map(|p| p.jid.as_str()).collect();
+        assert_eq!(jids, ["bob:1@s.interop", "bob:2@s.interop", "alice:3@s.interop"]);
+        assert_eq!(m.participants[0].encs[0].kind, stanza::EncType::Pkmsg);
 
-        // What the gatekeeper delivers: the same node plus the sender.
-        let delivered = node.clone().with_attr("from", "alice").with_attr("from_device", "1");
-        let got = parse_incoming(&delivered, &addr("bob", 2)).unwrap();
-        assert_eq!(got.sender, addr("alice", 1));
-        assert_eq!(got.enc, encs[1].1);
-        let got = parse_incoming(&delivered, &addr("alice", 3)).unwrap();
+        let alice1 = addr("alice", 1);
+        let got =
+            parse_incoming(&delivered(&node, &alice1, &addr("bob", 2)), &addr("bob", 2)).unwrap();
+        assert_eq!((got.id.as_str(), &got.sender, &got.enc), ("abc", &alice1, &encs[1].1));
+        let got = parse_incoming(&delivered(&node, &alice1, &addr("alice", 3)), &addr("alice", 3))
+            .unwrap();
         assert_eq!(got.enc.ciphertext, vec![3]);
-        assert!(parse_incoming(&delivered, &addr("bob", 9)).is_err());
+        // The undelivered fan-out form also parses for a listed device, not for others.
+        let with_from = stanza::Message { from: Some(device_jid(&alice1)), ..m };
+        assert_eq!(
+            parse_incoming(&with_from.clone().into_node(), &addr("bob", 1)).unwrap().enc,
+            encs[0].1
+        );
+        assert!(parse_incoming(&with_from.into_node(), &addr("bob", 9)).is_err());
+    }
+
+    #[test]
+    fn device_addresses() {
+        assert_eq!(parse_device_jid("alice:3@s.interop"), Some(addr("alice", 3)));
+        assert_eq!(parse_device_jid("alice.acme:3@s.interop"), Some(addr("alice", 3)));
+        for bad in [
+            "alice@s.interop",
+            "alice:3@g.interop",
+            "alice:03@s.interop",
+            "alice:x@s.interop",
+            ":3@s.interop",
+            "alice:999@s.interop",
+        ] {
+            assert_eq!(parse_device_jid(bad), None, "{bad}");
+        }
+        assert_eq!(device_jid(&addr("bob", 2)), "bob:2@s.interop");
     }
 
     #[test]
     fn refuses_bad_stanzas() {
-        let enc = |v: &str, t: &str, b: Vec<u8>| {
+        let msg = |v: &str, t: &str, b: Vec<u8>| {
             Node::new("message")
                 .with_attr("id", "1")
-                .with_attr("from", "a")
-                .with_attr("from_device", "1")
+                .with_attr("from", "a:1@s.interop")
+                .with_attr("type", "text")
                 .with_children(vec![
                     Node::new("enc").with_attr("v", v).with_attr("type", t).with_bytes(b),
                 ])
         };
         let me = addr("b", 1);
-        assert!(parse_incoming(&enc("2", "msg", vec![1]), &me).is_ok());
+        assert!(parse_incoming(&msg("2", "msg", vec![1]), &me).is_ok());
         assert!(matches!(
-            parse_incoming(&enc("1", "msg", vec![1]), &me),
+            parse_incoming(&msg("1", "msg", vec![1]), &me),
             Err(Error::UnsupportedVersion)
         ));
-        assert!(parse_incoming(&enc("2", "nope", vec![1]), &me).is_err());
-        assert!(parse_incoming(&enc("2", "msg", vec![]), &me).is_err());
-        assert!(parse_incoming(&enc("2", "msg", vec![0; MAX_ENC_LEN + 1]), &me).is_err());
-        let no_device = enc("2", "msg", vec![1]).with_attr("from_device", "0");
+        assert!(parse_incoming(&msg("2", "nope", vec![1]), &me).is_err());
+        assert!(parse_incoming(&msg("2", "msg", vec![]), &me).is_err());
+        assert!(parse_incoming(&msg("2", "msg", vec![0; MAX_ENC_LEN + 1]), &me).is_err());
+        let no_device = msg("2", "msg", vec![1]).with_attr("from", "a@s.interop");
         assert!(parse_incoming(&no_device, &me).is_err());
         assert!(parse_incoming(&Node::new("iq"), &me).is_err());
     }

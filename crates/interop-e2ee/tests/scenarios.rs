@@ -471,9 +471,19 @@ fn one_send_reaches_every_device_of_the_recipient_and_the_senders_other_devices(
         interop_e2ee::stanza::MessageType::Text,
         &encs,
     );
-    assert_eq!(node.children().len(), 3);
-    let delivered = node.with_attr("from", "alice").with_attr("from_device", "1");
+    let fan_out = interop_stanza::stanza::Message::from_node(node).unwrap();
+    assert_eq!(fan_out.participants.len(), 3);
     for (me, acct) in &mut others {
+        // What the gatekeeper delivers to `me`: its own enc, `from` = the sender device.
+        let mine = fan_out
+            .participants
+            .iter()
+            .find(|p| p.jid == interop_e2ee::stanza::device_jid(me))
+            .unwrap();
+        let mut copy = interop_stanza::stanza::Message::new(fan_out.id.clone(), fan_out.kind)
+            .from(interop_e2ee::stanza::device_jid(&a1));
+        copy.encs.clone_from(&mine.encs);
+        let delivered = copy.into_node();
         let incoming = interop_e2ee::stanza::parse_incoming(&delivered, me).unwrap();
         assert_eq!(incoming.sender, a1);
         assert_eq!(recv(acct, &a1, &incoming.enc, &mut rng), ["to all"]);
