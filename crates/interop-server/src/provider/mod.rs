@@ -10,6 +10,8 @@
 //! | `POST /v1/admin/rotate-key` | admin token | rotate the signing key (old key stays published for the overlap) |
 //! | `POST /v1/push` | Standard Webhooks signature | the gatekeeper's wake-ups (`interop.wake.v1`) |
 //! | `GET /v1/wake?device_key=..` | session | long-poll: answers when the device has a pending wake-up (or after the poll time, with `false`) |
+//! | `PUT /media/{sha256}` | session | upload an encrypted media file (content-addressed, immutable; see [`crate::media`]) |
+//! | `GET /media/{sha256}` | none | download it (byte ranges) |
 //!
 //! Clients keep a long-poll open on `/v1/wake` while they have no gatekeeper connection; a
 //! wake-up arriving while nobody polls stays pending until the next poll.
@@ -89,6 +91,7 @@ type WakeSlot = (bool, Arc<Notify>);
 struct Inner {
     config: ProviderConfig,
     store: ProviderStore,
+    blobs: Arc<crate::media::BlobStore>,
     ring: Mutex<KeyRing>,
     issuer: TokenIssuer,
     signer: standardwebhooks::Webhook,
@@ -142,6 +145,10 @@ impl Provider {
     pub async fn open(config: ProviderConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         let store = ProviderStore::open(&config.data_dir.join("provider.db")).await?;
+        let blobs = Arc::new(crate::media::BlobStore::open(
+            config.data_dir.join("media"),
+            interop_media::HostLimits::default(),
+        )?);
         let key = load_signing_key(&config.data_dir.join("signing.key"))?;
         let policy = if config.dev { UrlPolicy::DevLoopbackHttp } else { UrlPolicy::HttpsOnly };
         let issuer = TokenIssuer::new(&config.issuer, &config.audience, policy)
@@ -152,6 +159,7 @@ impl Provider {
         Ok(Self(Arc::new(Inner {
             config,
             store,
+            blobs,
             ring: Mutex::new(KeyRing::new(key)),
             issuer,
             signer,
@@ -176,6 +184,17 @@ impl Provider {
 
     /// The HTTP service.
     pub fn router(&self) -> axum::Router {
+        // Media uploads need a login session of this provider; downloads are public (the bytes
+        // are encrypted and the address is the hash of the encrypted file).
+        let store = self.0.store.clone();
+        let authorize: crate::media::Authorize = Arc::new(move |headers: HeaderMap| {
+            let store = store.clone();
+            Box::pin(async move {
+                let Some(token) = bearer(&headers) else { return false };
+                matches!(store.session_user(token, now_ms()).await, Ok(Some(_)))
+            })
+        });
+        let media = crate::media::host_router(Arc::clone(&self.0.blobs), authorize);
         axum::Router::new()
             .route("/v1/accounts", post(create_account))
             .route("/v1/sessions", post(login))
@@ -187,6 +206,8 @@ impl Provider {
             .route("/v1/wake", get(wake))
             .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
             .with_state(self.clone())
+            // After the 64 KiB body limit: media bodies are capped by the media host itself.
+            .merge(media)
     }
 
     /// Serves the HTTP service on `listener` until `shutdown` resolves.
@@ -597,6 +618,34 @@ mod tests {
         let mut registry = p.registry().await;
         assert!(registry.verify(&jwt, &Thumbprint::of_x25519(&key), now).is_ok());
         assert!(registry.verify(&fresh, &Thumbprint::of_x25519(&key), now).is_ok());
+    }
+
+    #[tokio::test]
+    async fn media_uploads_need_a_session_and_downloads_are_public() {
+        use sha2::Digest;
+        let p = start().await;
+        let session = p.session("alice").await;
+        let file: Vec<u8> = (0..16 * 100 + 10).map(|i| (i % 251) as u8).collect();
+        let address = hex::encode(sha2::Sha256::digest(&file));
+        let url = format!("{}/media/{address}", p.base);
+        let anonymous = p.http.put(&url).body(file.clone()).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401);
+        let forged =
+            p.http.put(&url).bearer_auth("not-a-session").body(file.clone()).send().await.unwrap();
+        assert_eq!(forged.status(), 401);
+        let up = p.http.put(&url).bearer_auth(&session).body(file.clone()).send().await.unwrap();
+        assert_eq!(up.status(), 201);
+        let down = p.http.get(&url).send().await.unwrap();
+        assert_eq!(down.status(), 200);
+        assert_eq!(down.bytes().await.unwrap().to_vec(), file);
+        let big: Vec<u8> = (0..16 * 8192 + 10).map(|i| (i % 241) as u8).collect();
+        let big_url = format!("{}/media/{}", p.base, hex::encode(sha2::Sha256::digest(&big)));
+        let up = p.http.put(&big_url).bearer_auth(&session).body(big.clone()).send().await.unwrap();
+        assert_eq!(up.status(), 201, "media is not held to the API's 64 KiB body limit");
+        assert_eq!(
+            p.http.get(&big_url).send().await.unwrap().bytes().await.unwrap().len(),
+            big.len()
+        );
     }
 
     #[tokio::test]
