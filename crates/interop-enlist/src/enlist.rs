@@ -3,7 +3,7 @@
 //! Every iq travels inside an authenticated Noise session (never as a bearer-token HTTP
 //! call). Requests are `<iq xmlns="interop:enlist" id=".." type="set|get">` with exactly one
 //! child naming the operation; responses are `type="result"` with one child, or
-//! `type="error"` with `<error code=".."/>`. See `docs/drafts/PROTOCOL-interop-enlist.md`.
+//! `type="error"` with `<error code=".."/>`. See docs/PROTOCOL.md, section 3.6.
 //!
 //! ```
 //! use interop_enlist::enlist::{Request, Response, ErrorCode};
