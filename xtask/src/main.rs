@@ -126,42 +126,78 @@ fn clippy(phases: &mut Phases) -> Result<()> {
     })
 }
 
+/// Runs every test. PostgreSQL and Redis (`services`) are brought up first unless they already
+/// run, and taken down afterwards (also when a test failed) if this started them. Under CI (`CI`
+/// set) the tests get `INTEROP_REQUIRE_SERVICES=1`, so a test that finds no services fails
+/// instead of skipping, and services that do not start fail the run.
 fn test(phases: &mut Phases, large: bool, passthrough: &[String]) -> Result<()> {
-    let features = if large {
-        util::packages_with_feature("__large-tests")?
-            .into_iter()
-            .map(|p| format!("{p}/__large-tests"))
-            .collect::<Vec<_>>()
-            .join(",")
-    } else {
-        String::new()
-    };
-    let mut args = vec!["--workspace", "--locked"];
-    if !features.is_empty() {
-        args.extend(["--features", features.as_str()]);
-    }
-    let extra: Vec<&str> = passthrough.iter().map(String::as_str).collect();
-    if util::has_nextest() {
-        phases.run("tests (nextest)", || {
-            let mut a = vec!["nextest", "run", "--no-fail-fast"];
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let services_dir = services::scratch_dir()?;
+    let mut started = false;
+    phases.run("services up", || match services::ensure_up(&services_dir) {
+        Ok(s) => {
+            started = s;
+            Ok(())
+        }
+        Err(e) if ci => Err(e),
+        Err(e) => {
+            eprintln!("xtask: services did not start ({e:#}); the tests that need them skip");
+            Ok(())
+        }
+    })?;
+    let result = (|| {
+        let features = if large {
+            util::packages_with_feature("__large-tests")?
+                .into_iter()
+                .map(|p| format!("{p}/__large-tests"))
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            String::new()
+        };
+        let mut args = vec!["--workspace", "--locked"];
+        if !features.is_empty() {
+            args.extend(["--features", features.as_str()]);
+        }
+        let extra: Vec<&str> = passthrough.iter().map(String::as_str).collect();
+        let with_env = |mut cmd: util::Cmd| {
+            if ci {
+                cmd.0.env("INTEROP_REQUIRE_SERVICES", "1");
+            }
+            cmd
+        };
+        if util::has_nextest() {
+            phases.run("tests (nextest)", || {
+                let mut a = vec!["nextest", "run", "--no-fail-fast"];
+                a.extend(&args);
+                a.extend(&extra);
+                with_env(cargo(&a)).status_checked()
+            })?;
+        } else {
+            println!("xtask: cargo-nextest not found, using cargo test");
+            phases.run("tests (cargo test)", || {
+                let mut a = vec!["test", "--no-fail-fast"];
+                a.extend(&args);
+                a.extend(&extra);
+                with_env(cargo(&a)).status_checked()
+            })?;
+        }
+        phases.run("doctests", || {
+            let mut a = vec!["test", "--doc"];
             a.extend(&args);
-            a.extend(&extra);
-            cargo(&a).status_checked()
-        })?;
-    } else {
-        println!("xtask: cargo-nextest not found, using cargo test");
-        phases.run("tests (cargo test)", || {
-            let mut a = vec!["test", "--no-fail-fast"];
-            a.extend(&args);
-            a.extend(&extra);
-            cargo(&a).status_checked()
-        })?;
+            with_env(cargo(&a)).status_checked()
+        })
+    })();
+    if started {
+        let stopped = phases.run("services down", || services::down(&services_dir));
+        // A test failure is the news; a failure to stop matters only when the tests passed.
+        if result.is_ok() {
+            stopped?;
+        } else if let Err(e) = stopped {
+            eprintln!("xtask: {e:#}");
+        }
     }
-    phases.run("doctests", || {
-        let mut a = vec!["test", "--doc"];
-        a.extend(&args);
-        cargo(&a).status_checked()
-    })
+    result
 }
 
 fn bench(rest: &[String]) -> Result<()> {

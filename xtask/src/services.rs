@@ -3,12 +3,18 @@
 //! by anyone trying a multi-node gatekeeper.
 //!
 //! `up` writes `<scratch>/services.env` with `DATABASE_URL=` and `REDIS_URL=` lines; tests and
-//! scripts read it (or `cargo xtask services env` prints it).
+//! scripts read it (or `cargo xtask services env` prints it). `cargo xtask test` brings the
+//! services up itself when they are not ([`ensure_up`]) and takes down what it started.
+//!
+//! A previous run may have left the scratch directory behind (a killed `cargo xtask test`, a
+//! reboot): `up` and `down` look at the processes the pid files name, stop the ones that still
+//! run and clear the rest, rather than failing on stale files.
 
 use std::fs;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -16,8 +22,13 @@ use crate::util::target_dir;
 
 const PG_USER: &str = "postgres";
 
+/// The scratch directory the services live in: `<target>/services`.
+pub fn scratch_dir() -> Result<PathBuf> {
+    Ok(target_dir()?.join("services"))
+}
+
 pub fn run(args: &[String]) -> Result<()> {
-    let dir = target_dir()?.join("services");
+    let dir = scratch_dir()?;
     match args.first().map(String::as_str) {
         Some("up") => up(&dir),
         Some("down") => down(&dir),
@@ -85,10 +96,53 @@ fn checked(mut cmd: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn up(dir: &Path) -> Result<()> {
-    if dir.join("services.env").exists() {
+/// Whether the services that `<dir>/services.env` describes are running and answering.
+pub fn alive(dir: &Path) -> bool {
+    let Ok(env) = fs::read_to_string(dir.join("services.env")) else { return false };
+    let pg = pid_in(&dir.join("pg").join("data").join("postmaster.pid"));
+    let redis = pid_in(&dir.join("redis").join("redis.pid"));
+    let ports: Vec<u16> = env.lines().filter_map(port_of_url).collect();
+    pg.is_some_and(|p| runs(p, "postgres"))
+        && redis.is_some_and(|p| runs(p, "redis-server"))
+        && ports.len() == 2
+        && ports.iter().all(|p| answers(*p))
+}
+
+/// Brings the services up unless they already run. True when this call started them (so the
+/// caller takes them down again).
+pub fn ensure_up(dir: &Path) -> Result<bool> {
+    if alive(dir) {
+        eprintln!("services: already up ({})", dir.join("services.env").display());
+        return Ok(false);
+    }
+    up(dir)?;
+    Ok(true)
+}
+
+/// Starts PostgreSQL and Redis and writes `services.env`. Clears what an earlier run left
+/// behind first; refuses only when live services are already up.
+pub fn up(dir: &Path) -> Result<()> {
+    if alive(dir) {
         bail!("services are already up ({}); run `cargo xtask services down` first", dir.display());
     }
+    if dir.exists() {
+        // Stale: stop any leftover process and clear the files before starting afresh.
+        let (pg, redis) = (stop_postgres(dir)?, stop_redis(dir)?);
+        if pg || redis || dir.join("services.env").exists() {
+            eprintln!("services: cleared a stale earlier run in {}", dir.display());
+        }
+        let _ = fs::remove_file(dir.join("services.env"));
+    }
+    let result = start(dir);
+    if result.is_err() {
+        // Leave nothing half-started behind; the error says what failed.
+        let _ = stop_postgres(dir);
+        let _ = stop_redis(dir);
+    }
+    result
+}
+
+fn start(dir: &Path) -> Result<()> {
     let redis = which("redis-server").context(
         "redis-server is not installed; on Debian: apt-get update && apt-get install -y redis-server",
     )?;
@@ -172,43 +226,106 @@ fn up(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn down(dir: &Path) -> Result<()> {
-    let mut stopped = false;
-    let pg_data = dir.join("pg").join("data");
-    if pg_data.join("postmaster.pid").exists() {
-        let bin = pg_bin()?;
-        checked(
-            pg(
-                &bin.join("pg_ctl"),
-                &["-D", pg_data.to_str().context("non-UTF-8 path")?, "-m", "fast", "-w", "stop"],
-            ),
-            "pg_ctl stop",
-        )?;
-        stopped = true;
-    }
-    let pidfile = dir.join("redis").join("redis.pid");
-    if let Ok(pid) = fs::read_to_string(&pidfile) {
-        let pid = pid.trim();
-        if !pid.is_empty() {
-            // It may already be gone; that is fine. Wait until it has exited (bounded).
-            let _ = Command::new("kill").arg(pid).status();
-            let alive = || {
-                Command::new("kill").args(["-0", pid]).output().is_ok_and(|o| o.status.success())
-            };
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while alive() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            if alive() {
-                bail!("redis-server (pid {pid}) did not exit within 10 s");
-            }
-            stopped = true;
-        }
-        let _ = fs::remove_file(&pidfile);
-    }
+/// Stops the services (whatever of them still runs) and removes `services.env`.
+pub fn down(dir: &Path) -> Result<()> {
+    let pg = stop_postgres(dir)?;
+    let redis = stop_redis(dir)?;
     let _ = fs::remove_file(dir.join("services.env"));
-    eprintln!("services: {}", if stopped { "stopped" } else { "nothing was running" });
+    eprintln!("services: {}", if pg || redis { "stopped" } else { "nothing was running" });
     Ok(())
+}
+
+/// Stops the PostgreSQL of `dir` if it runs; removes a stale `postmaster.pid`. True if it ran.
+fn stop_postgres(dir: &Path) -> Result<bool> {
+    let pg_data = dir.join("pg").join("data");
+    let pidfile = pg_data.join("postmaster.pid");
+    let Some(pid) = pid_in(&pidfile) else {
+        let _ = fs::remove_file(&pidfile);
+        return Ok(false);
+    };
+    if !runs(pid, "postgres") {
+        // A crash or a reboot left it: nothing to stop.
+        let _ = fs::remove_file(&pidfile);
+        return Ok(false);
+    }
+    let bin = pg_bin()?;
+    let stopped = checked(
+        pg(
+            &bin.join("pg_ctl"),
+            &["-D", pg_data.to_str().context("non-UTF-8 path")?, "-m", "fast", "-w", "stop"],
+        ),
+        "pg_ctl stop",
+    );
+    if let Err(e) = stopped {
+        // pg_ctl refused (a damaged data directory?): stop the postmaster directly.
+        eprintln!("services: {e:#}; sending SIGQUIT to postgres (pid {pid})");
+        kill(pid, "QUIT")?;
+    }
+    let _ = fs::remove_file(&pidfile);
+    Ok(true)
+}
+
+/// Stops the Redis of `dir` if it runs; removes its pid file. True if it ran.
+fn stop_redis(dir: &Path) -> Result<bool> {
+    let pidfile = dir.join("redis").join("redis.pid");
+    let running = pid_in(&pidfile).filter(|p| runs(*p, "redis-server"));
+    if let Some(pid) = running {
+        kill(pid, "TERM")?;
+    }
+    let _ = fs::remove_file(&pidfile);
+    Ok(running.is_some())
+}
+
+/// Signals `pid` and waits (bounded) until it has exited.
+fn kill(pid: u32, signal: &str) -> Result<()> {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_exists(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if process_exists(pid) {
+        bail!("process {pid} did not exit within 10 s of SIG{signal}");
+    }
+    Ok(())
+}
+
+/// The pid on the first line of a pid file (PostgreSQL's and Redis's both start so).
+fn pid_in(pidfile: &Path) -> Option<u32> {
+    fs::read_to_string(pidfile).ok()?.lines().next()?.trim().parse().ok()
+}
+
+fn process_exists(pid: u32) -> bool {
+    if Path::new("/proc/self").exists() {
+        // Linux: a zombie ('Z' after the command name in stat) has exited already.
+        return fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        });
+    }
+    Command::new("kill").args(["-0", &pid.to_string()]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whether `pid` is a live process named `name` (a pid from a stale file may have been reused).
+fn runs(pid: u32, name: &str) -> bool {
+    if !process_exists(pid) {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => comm.trim().starts_with(name),
+        // No /proc: trust the pid.
+        Err(_) => true,
+    }
+}
+
+/// The port of a `KEY=scheme://...:port/...` line of services.env.
+fn port_of_url(line: &str) -> Option<u16> {
+    let (_, url) = line.split_once('=')?;
+    let authority = url.split("://").nth(1)?.split('/').next()?;
+    authority.rsplit(':').next()?.parse().ok()
+}
+
+fn answers(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -12,6 +12,7 @@
 //! - Per-device queues are capped ([`SubmitOutcome::QueueFull`]) and copies expire.
 
 pub(crate) mod accounts;
+pub mod postgres;
 mod providers;
 pub mod sqlite;
 
