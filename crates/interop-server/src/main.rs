@@ -25,9 +25,26 @@ enum Command {
         /// Chat listener address (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:5222", env = "INTEROP_LISTEN")]
         listen: SocketAddr,
-        /// Data directory (keys, state); created if missing.
+        /// HTTP listener address: admin API, /healthz, /metrics, media host and proxy.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "INTEROP_HTTP_LISTEN")]
+        http_listen: SocketAddr,
+        /// Data directory (keys, database, media); created if missing.
         #[arg(long, default_value = "./data/gatekeeper", env = "INTEROP_DATA_DIR")]
         data_dir: PathBuf,
+        /// The gatekeeper's id, which provider tokens must carry in `aud`.
+        #[arg(long, default_value = "gatekeeper", env = "INTEROP_AUDIENCE")]
+        audience: String,
+        /// The URL clients reach the HTTP listener at (media); default in dev mode:
+        /// `http://<http listen address>`.
+        #[arg(long, env = "INTEROP_PUBLIC_HTTP_URL")]
+        public_http_url: Option<String>,
+        /// Idle timeout of chat connections, in seconds.
+        #[arg(long, default_value_t = 300, env = "INTEROP_IDLE_TIMEOUT")]
+        idle_timeout: u64,
+        /// Development mode: providers may be plain http on loopback, and native verification
+        /// codes are printed on standard output instead of being sent.
+        #[arg(long)]
+        dev: bool,
     },
     /// Run the reference third-party provider server (accounts, tokens, keys, push receiver).
     Provider {
@@ -90,14 +107,33 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Gatekeeper { listen, data_dir } => {
-            let gk = Gatekeeper::bind(&GatekeeperConfig { listen, data_dir })
-                .await
-                .context("starting the gatekeeper")?;
+        Command::Gatekeeper {
+            listen,
+            http_listen,
+            data_dir,
+            audience,
+            public_http_url,
+            idle_timeout,
+            dev,
+        } => {
+            let admin_token = secret("INTEROP_ADMIN_TOKEN", &data_dir, "admin.token", || {
+                hex::encode(rand::random::<[u8; 32]>())
+            })?;
+            let mut config = GatekeeperConfig::new(listen, data_dir);
+            config.http_listen = Some(http_listen);
+            config.audience = audience;
+            config.dev = dev;
+            config.admin_token = admin_token;
+            config.public_http_url = public_http_url;
+            config.idle_timeout = std::time::Duration::from_secs(idle_timeout.max(1));
+            let gk = Gatekeeper::bind(config).await.context("starting the gatekeeper")?;
             // Machine-readable start-up lines (xtask e2e and scripts read them).
             println!("root-key {}", hex::encode(gk.root_key()));
             println!("server-key {}", hex::encode(gk.public_key()));
             println!("listening {}", gk.local_addr()?);
+            if let Some(http) = gk.http_addr()? {
+                println!("http {http}");
+            }
             tracing::info!("gatekeeper ready");
             gk.run(shutdown_signal()).await?;
             tracing::info!("gatekeeper stopped");
