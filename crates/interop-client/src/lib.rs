@@ -11,6 +11,7 @@
 
 pub mod connection;
 pub mod keyfile;
+pub mod store;
 
 pub use connection::{ConnectOptions, Connection};
 
