@@ -37,90 +37,214 @@ pub fn run(opts: &Options) -> Result<()> {
     let scratch = Scratch::new()?;
     let mut procs = Processes::default();
 
-    // 1. The gatekeeper, on a port the OS picks.
+    // The gatekeeper (chat + HTTP), ports picked by the OS, dev mode (loopback provider over
+    // plain http, verification codes printed).
+    let gk_dir = scratch.path().join("gatekeeper");
     let mut gk = Command::new(&server_bin);
-    gk.args(["gatekeeper", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(scratch.path().join("gatekeeper"));
+    gk.args(["gatekeeper", "--dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&gk_dir);
     let gk = procs.spawn("gatekeeper", gk)?;
-    let (addr, key) = {
-        let mut addr = None;
-        let mut key = None;
-        while addr.is_none() || key.is_none() {
-            let line = gk.next_line(STEP_TIMEOUT)?;
-            if let Some(a) = line.strip_prefix("listening ") {
-                addr = Some(a.trim().to_owned());
-            } else if let Some(k) = line.strip_prefix("root-key ") {
-                key = Some(k.trim().to_owned());
-            }
+    let (mut addr, mut key, mut http) = (None, None, None);
+    while addr.is_none() || key.is_none() || http.is_none() {
+        let line = gk.next_line(STEP_TIMEOUT)?;
+        if let Some(a) = line.strip_prefix("listening ") {
+            addr = Some(a.trim().to_owned());
+        } else if let Some(k) = line.strip_prefix("root-key ") {
+            key = Some(k.trim().to_owned());
+        } else if let Some(h) = line.strip_prefix("http ") {
+            http = Some(format!("http://{}", h.trim()));
         }
-        (addr.expect("loop ends with addr"), key.expect("loop ends with key"))
-    };
-    t.say(&format!("gatekeeper up on {addr} (root key {key})"));
+    }
+    let (addr, key, http) = (
+        addr.context("no listening line")?,
+        key.context("no root-key line")?,
+        http.context("no http line")?,
+    );
+    t.say(&format!("gatekeeper up: chat {addr}, http {http}"));
 
-    let client = |account: &str| {
+    // The third-party provider.
+    let prov_dir = scratch.path().join("provider");
+    let mut prov = Command::new(&server_bin);
+    prov.args(["provider", "--dev", "--listen", "127.0.0.1:0"]).arg("--data-dir").arg(&prov_dir);
+    let prov = procs.spawn("provider", prov)?;
+    let issuer = prov
+        .wait_for_line(STEP_TIMEOUT, |l| l.starts_with("issuer "))?
+        .trim_start_matches("issuer ")
+        .trim()
+        .to_owned();
+    prov.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("listening "))?;
+    t.say(&format!("provider up: issuer {issuer}"));
+
+    // Register the provider with the gatekeeper (admin API; secrets through the environment).
+    let admin_token = std::fs::read_to_string(gk_dir.join("admin.token"))
+        .context("reading the gatekeeper's admin token")?;
+    let push_secret = std::fs::read_to_string(prov_dir.join("push.secret"))
+        .context("reading the provider's push secret")?;
+    let mut add = Command::new(&server_bin);
+    add.args([
+        "add-provider",
+        "--gatekeeper",
+        &http,
+        "--integrator",
+        "example",
+        "--issuer",
+        &issuer,
+    ])
+    .env("INTEROP_ADMIN_TOKEN", admin_token.trim())
+    .env("INTEROP_PUSH_SECRET", push_secret.trim());
+    let out = run_to_end(add, STEP_TIMEOUT).context("registering the provider")?;
+    t.say(out.trim());
+
+    let client = |who: &str| {
         let mut c = Command::new(&client_bin);
-        c.args(["--server", &addr, "--root-key", &key, "--account", account]);
-        c.arg("--data-dir").arg(scratch.path().join(account));
+        c.arg("--data-dir").arg(scratch.path().join(who));
         if opts.verbose {
             c.arg("--verbose");
         }
         c
     };
+    let ok = |who: &str, args: &[&str]| -> Result<String> {
+        let mut c = client(who);
+        c.args(args);
+        run_to_end(c, STEP_TIMEOUT).with_context(|| format!("{who}: {}", args.join(" ")))
+    };
+    for who in ["alice", "bob", "bob2", "carol"] {
+        ok(who, &["init", "--server", &addr, "--root-key", &key])?;
+    }
+    // Carol does not send read receipts.
+    ok("carol", &["init", "--server", &addr, "--root-key", &key, "--read-receipts", "off"])?;
 
-    // 2. Bob listens for two messages.
+    // 1. Bob registers as a native user and opts in; Alice signs up with her provider and
+    //    enlists.
+    let register = |who: &str, identifier: &str| -> Result<String> {
+        ok(who, &["register", "--identifier", identifier])?;
+        let prefix = format!("verification-code {identifier} ");
+        let line = gk.wait_for_line(STEP_TIMEOUT, |l| l.starts_with(&prefix))?;
+        let code = line.trim_start_matches(&prefix).trim().to_owned();
+        ok(who, &["register", "--identifier", identifier, "--code", &code])
+    };
+    let out = register("bob", "+15550001")?;
+    t.say(&format!("bob: {}", out.trim()));
+    ok("bob", &["interop", "on"])?;
+    t.say("bob: opted in to interop");
+    let mut login = client("alice");
+    login.args(["login", "--provider", &issuer, "--username", "alice", "--create"]);
+    login.env("INTEROP_PASSWORD", "correct horse battery staple");
+    run_to_end(login, STEP_TIMEOUT).context("alice: login")?;
+    let out = ok("alice", &["enlist"])?;
+    t.say(&format!("alice: {}", out.trim()));
+    if !out.contains(".example@s.interop") {
+        bail!("alice's address does not carry her provider's integrator id: {out}");
+    }
+
+    // 2. Alice -> Bob, end-to-end encrypted; Bob reads it; Alice sees both receipts.
     let mut bob = client("bob");
-    bob.args(["listen", "--count", "2"]);
-    let bob = procs.spawn("bob", bob)?;
-    bob.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("connected"))?;
-    t.say("bob connected and listening");
-
-    // 3. Alice sends him a message and waits for the gatekeeper's ack.
-    let text = "hello from alice";
-    let mut alice = client("alice");
-    alice.args(["send", "--to", "bob", text]);
-    let out = run_to_end(alice, STEP_TIMEOUT).context("alice's send")?;
-    for line in out.lines() {
-        t.say(&format!("alice: {line}"));
-    }
-    if !out.lines().any(|l| l.starts_with("acked")) {
-        bail!("alice's message was not acked by the gatekeeper");
-    }
-
-    // 4. Bob prints it.
-    let line = bob.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("message"))?;
+    bob.args(["listen", "--count", "1", "--read", "--timeout", "60"]);
+    let bob_listen = procs.spawn("bob", bob)?;
+    bob_listen.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("connected"))?;
+    let out = ok("alice", &["send", "hello bob, from another provider", "--to", "+15550001"])?;
+    t.say(&format!("alice: {}", out.trim()));
+    let line = bob_listen.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("message"))?;
     t.say(&format!("bob:   {line}"));
-    if !line.contains("from=alice") || !line.ends_with(&format!("text={text}")) {
+    if !line.ends_with("text=hello bob, from another provider") {
         bail!("bob received something else: {line}");
     }
-    t.say("delivered: bob received alice's message");
+    let out = ok("alice", &["listen", "--count", "0", "--receipts", "2", "--timeout", "30"])?;
+    for l in out.lines().filter(|l| l.starts_with("receipt")) {
+        t.say(&format!("alice: {l}"));
+    }
+    if !(out.contains("receipt delivery") && out.contains("receipt read")) {
+        bail!("alice did not get both the delivery and the read receipt:\n{out}");
+    }
 
-    // 5. Alice again: she cached the gatekeeper's static key, so this connection resumes with IK.
-    let text2 = "second, resumed";
-    let mut alice = client("alice");
-    alice.args(["send", "--to", "bob", text2]);
-    let out = run_to_end(alice, STEP_TIMEOUT).context("alice's second send")?;
-    for line in out.lines() {
-        t.say(&format!("alice: {line}"));
+    // Bob replies; Alice (IK resumption: she cached the gatekeeper's key) receives it.
+    let out = ok("bob", &["send", "hi alice, native here", "--to", "alice"])?;
+    t.say(&format!("bob:   {}", out.trim()));
+    let out = ok("alice", &["listen", "--count", "1", "--timeout", "30"])?;
+    for l in out.lines() {
+        t.say(&format!("alice: {l}"));
     }
-    if !out.lines().any(|l| l.starts_with("connected") && l.ends_with("via IK")) {
-        bail!("alice's second connection did not resume with IK");
+    if !out.contains("connected (IK resumption)") {
+        bail!("alice's connection did not resume with IK:\n{out}");
     }
-    let line = bob.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("message"))?;
-    t.say(&format!("bob:   {line}"));
-    if !line.ends_with(&format!("text={text2}")) {
-        bail!("bob received something else: {line}");
+    if !out.contains("text=hi alice, native here") {
+        bail!("alice did not receive bob's reply:\n{out}");
     }
-    t.say("delivered over an IK-resumed connection");
+
+    // Bob links a second device; both of his devices receive Alice's next message.
+    let out = register("bob2", "+15550001")?;
+    t.say(&format!("bob's second device: {}", out.trim()));
+    ok("alice", &["send", "to both of your devices", "--to", "+15550001"])?;
+    for who in ["bob", "bob2"] {
+        let out = ok(who, &["listen", "--count", "1", "--timeout", "30"])?;
+        if !out.contains("text=to both of your devices") {
+            bail!("{who} did not receive alice's message:\n{out}");
+        }
+        t.say(&format!("{who}: received alice's message"));
+    }
+
+    // 4. Alice offline: Bob sends three; the provider gets the signed wake-up; Alice
+    //    reconnects and receives them in order, exactly once.
+    for text in ["one", "two", "three"] {
+        ok("bob", &["send", text, "--to", "alice"])?;
+    }
+    t.say("bob: sent one, two, three while alice is offline");
+    let out = ok("alice", &["wait-wake"])?;
+    t.say(&format!("alice: {} (push through her provider)", out.trim()));
+    let out = ok("alice", &["listen", "--count", "3", "--timeout", "30"])?;
+    let texts: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("message"))
+        .filter_map(|l| l.split("text=").nth(1))
+        .collect();
+    t.say(&format!("alice: received {texts:?}"));
+    if texts != ["one", "two", "three"] {
+        bail!("alice received {texts:?}, not one, two, three in order");
+    }
+    let out = ok("alice", &["history", "+15550001"]);
+    if let Ok(h) = out {
+        let n = h.lines().count();
+        t.say(&format!("alice: {n} messages in her history with bob"));
+    }
+
+    // 7. Hostile moments.
+    register("carol", "+15550002")?;
+    let err = expect_failure(client("alice").args(["send", "hi", "--to", "+15550002"]))?;
+    t.say(&format!("refused, carol has not opted in: {err}"));
+    ok("bob", &["block", "alice"])?;
+    let err = expect_failure(client("alice").args(["send", "let me in", "--to", "+15550001"]))?;
+    t.say(&format!("refused, bob blocked alice: {err}"));
+    if !err.contains("recipient-unavailable") {
+        bail!("a blocked sender got something else: {err}");
+    }
+    ok("bob", &["block", "alice", "--undo"])?;
+
+    // 8. Alice opts out: her data is gone, messages to her are refused.
+    let out = ok("alice", &["opt-out"])?;
+    t.say(&format!("alice: {}", out.trim()));
+    let err = expect_failure(client("bob").args(["send", "still there?", "--to", "alice"]))?;
+    t.say(&format!("refused, alice opted out: {err}"));
 
     if opts.keep {
         t.say(&format!(
-            "--keep: gatekeeper stays up on {addr} (root key {key}); press Ctrl-C to stop"
+            "--keep: gatekeeper stays up on {addr} (root key {key}, http {http}), provider on \
+             {issuer}; press Ctrl-C to stop"
         ));
         procs.wait_all();
     }
     drop(procs);
     t.say("all processes stopped; e2e passed");
     Ok(())
+}
+
+/// Runs a client command that must fail; returns its error message.
+fn expect_failure(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().context("running the client")?;
+    if out.status.success() {
+        bail!("the command succeeded but should have been refused");
+    }
+    Ok(String::from_utf8_lossy(&out.stderr).trim().to_owned())
 }
 
 struct Transcript {

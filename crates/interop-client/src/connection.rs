@@ -32,6 +32,10 @@ pub struct ConnectOptions {
     pub product: Product,
     /// Free-form client name and version.
     pub user_agent: String,
+    /// Interop users: the provider-signed token bound to `device_key`.
+    pub provider_jwt: Option<String>,
+    /// Whether the user sends read receipts.
+    pub read_receipts: bool,
 }
 
 impl ConnectOptions {
@@ -46,6 +50,8 @@ impl ConnectOptions {
             device_id: 1,
             product: Product::Native,
             user_agent: concat!("interop-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            provider_jwt: None,
+            read_receipts: true,
         }
     }
 }
@@ -72,7 +78,8 @@ impl Connection {
             account_id: opts.account_id.clone(),
             device_id: opts.device_id,
             user_agent: opts.user_agent.clone(),
-            ..Default::default()
+            provider_jwt: opts.provider_jwt.clone().unwrap_or_default(),
+            read_receipts: opts.read_receipts,
         };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut rng = rand::rngs::StdRng::from_os_rng();

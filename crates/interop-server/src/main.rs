@@ -46,6 +46,27 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Register (or update) a third-party provider with a running gatekeeper through its admin
+    /// API. The admin token comes from INTEROP_ADMIN_TOKEN, the provider's push secret from
+    /// INTEROP_PUSH_SECRET (never from the command line).
+    AddProvider {
+        /// The gatekeeper's HTTP base URL (its `http` start-up line).
+        #[arg(long, env = "INTEROP_GATEKEEPER_HTTP")]
+        gatekeeper: String,
+        /// The provider's integrator id (its users' addresses carry it).
+        #[arg(long)]
+        integrator: String,
+        /// The provider's token issuer URL.
+        #[arg(long)]
+        issuer: String,
+        /// Where push wake-ups go (default: `<issuer>/v1/push`).
+        #[arg(long)]
+        push_endpoint: Option<String>,
+        /// The only base URL the media proxy fetches this provider's media from (default:
+        /// `<issuer>/media/`).
+        #[arg(long)]
+        media_base_url: Option<String>,
+    },
     /// Run the reference third-party provider server (accounts, tokens, keys, push receiver).
     Provider {
         /// HTTP listener address (port 0 picks a free port).
@@ -137,6 +158,33 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("gatekeeper ready");
             gk.run(shutdown_signal()).await?;
             tracing::info!("gatekeeper stopped");
+        }
+        Command::AddProvider { gatekeeper, integrator, issuer, push_endpoint, media_base_url } => {
+            let token = std::env::var("INTEROP_ADMIN_TOKEN")
+                .context("set INTEROP_ADMIN_TOKEN to the gatekeeper's admin token")?;
+            let push_secret = std::env::var("INTEROP_PUSH_SECRET")
+                .context("set INTEROP_PUSH_SECRET to the provider's push secret (whsec_...)")?;
+            let issuer = issuer.trim_end_matches('/').to_owned();
+            let body = serde_json::json!({
+                "issuer": issuer,
+                "push_endpoint": push_endpoint.unwrap_or_else(|| format!("{issuer}/v1/push")),
+                "push_secret": push_secret,
+                "media_base_url": media_base_url.unwrap_or_else(|| format!("{issuer}/media/")),
+            });
+            let url = format!("{}/admin/providers/{integrator}", gatekeeper.trim_end_matches('/'));
+            let response = reqwest::Client::new()
+                .put(&url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .context("the gatekeeper's HTTP listener is unreachable")?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if !status.is_success() {
+                anyhow::bail!("the gatekeeper refused the provider ({status}): {text}");
+            }
+            println!("provider {integrator} registered");
         }
         Command::Provider { listen, data_dir, issuer, audience, dev } => {
             if !dev {
