@@ -872,6 +872,16 @@ impl Client {
         Ok(())
     }
 
+    /// Tells a contact that this user is typing (`true`) or stopped (`false`). Live only: the
+    /// gatekeeper never stores it.
+    pub async fn send_typing(&mut self, to: &str, typing: bool) -> Result<()> {
+        use interop_stanza::stanza::{ChatState, ChatStateKind};
+        let contact = self.lookup(to).await?;
+        let kind = if typing { ChatStateKind::Composing } else { ChatStateKind::Paused };
+        let state = ChatState::new(format!("{}@{SERVER}", contact.account), kind);
+        self.send_node(&state.into_node()).await
+    }
+
     /// Blocks (or unblocks) an account.
     pub async fn block(&mut self, who: &str, on: bool) -> Result<()> {
         let contact = self.lookup(who).await?;
