@@ -172,6 +172,40 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("alice did not receive bob's reply:\n{out}");
     }
 
+    // 3. Media: Alice sends an image and a voice message (hosted by her provider; Bob fetches
+    //    them through the gatekeeper's media proxy); Bob sends a file (hosted by the
+    //    gatekeeper). What arrives hashes to what was sent.
+    let files = scratch.path().join("files");
+    std::fs::create_dir_all(&files)?;
+    let mut sent = Vec::new();
+    for (name, len) in
+        [("photo.jpg", 300_000usize), ("voice.ogg", 120_000), ("report.pdf", 2_000_000)]
+    {
+        let bytes = pseudo_random_bytes(len, name);
+        std::fs::write(files.join(name), &bytes)?;
+        sent.push((name, hex(&sha256(&bytes))));
+    }
+    let photo = files.join("photo.jpg");
+    let voice = files.join("voice.ogg");
+    let report = files.join("report.pdf");
+    ok("alice", &["send-file", path_str(&photo)?, "--to", "+15550001", "--caption", "the view"])?;
+    ok("alice", &["send-file", path_str(&voice)?, "--to", "+15550001"])?;
+    t.say("alice: sent a photo and a voice message (uploaded to her provider)");
+    let bob_dl = scratch.path().join("bob-downloads");
+    let out = ok(
+        "bob",
+        &["listen", "--count", "2", "--timeout", "60", "--download-dir", path_str(&bob_dl)?],
+    )?;
+    check_downloads(&mut t, "bob", &out, &sent[..2])?;
+    ok("bob", &["send-file", path_str(&report)?, "--to", "alice"])?;
+    t.say("bob: sent a file (uploaded to the gatekeeper's media host)");
+    let alice_dl = scratch.path().join("alice-downloads");
+    let out = ok(
+        "alice",
+        &["listen", "--count", "1", "--timeout", "60", "--download-dir", path_str(&alice_dl)?],
+    )?;
+    check_downloads(&mut t, "alice", &out, &sent[2..])?;
+
     // Bob links a second device; both of his devices receive Alice's next message.
     let out = register("bob2", "+15550001")?;
     t.say(&format!("bob's second device: {}", out.trim()));
@@ -235,6 +269,51 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     drop(procs);
     t.say("all processes stopped; e2e passed");
+    Ok(())
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().context("non-UTF-8 scratch path")
+}
+
+/// Deterministic test content (xorshift), different per name.
+fn pseudo_random_bytes(len: usize, seed: &str) -> Vec<u8> {
+    let mut x: u64 = seed
+        .bytes()
+        .fold(0x9E37_79B9_7F4A_7C15, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3));
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks `downloaded file=<name> sha256=<hex>` lines against what was sent.
+fn check_downloads(
+    t: &mut Transcript,
+    who: &str,
+    out: &str,
+    sent: &[(&str, String)],
+) -> Result<()> {
+    for (name, hash) in sent {
+        let want = format!("downloaded file={name} sha256={hash}");
+        if !out.lines().any(|l| l == want) {
+            bail!("{who} did not download {name} intact; got:\n{out}");
+        }
+        t.say(&format!("{who}: {name} arrived intact (sha256 {}…)", &hash[..16]));
+    }
     Ok(())
 }
 

@@ -32,6 +32,10 @@ use prost::Message as _;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+mod media;
+
+pub use media::{GATEKEEPER_HOST, MAX_FILE, Progress, media_type_of, mime_of};
+
 use crate::connection::{ConnectOptions, Connection};
 use crate::store::{Contact, MessageStatus, ProfileDb, SignalStore};
 use crate::{Error, Result, keyfile};
@@ -128,6 +132,9 @@ pub struct Received {
     pub from_device: u8,
     /// What it says: text, or a description of content this client shows otherwise.
     pub body: Body,
+    /// The media descriptor, for image, video, voice and file messages
+    /// ([`Client::download`] fetches it).
+    pub media: Option<Box<proto::Media>>,
 }
 
 impl std::fmt::Debug for Received {
@@ -141,6 +148,17 @@ impl std::fmt::Debug for Received {
 pub enum Body {
     /// Text.
     Text(String),
+    /// An image, video, voice message or file: its kind, file name and size.
+    Media {
+        /// `image`, `video`, `voice` or `file`.
+        kind: &'static str,
+        /// The file name the sender gave (may be empty).
+        file_name: String,
+        /// Plaintext size in bytes.
+        size: u64,
+        /// The caption.
+        caption: String,
+    },
     /// Content this client cannot show: "unsupported in this chat", never dropped silently.
     Unsupported(String),
 }
@@ -149,6 +167,7 @@ impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Body::Text(_) => "Body::Text",
+            Body::Media { .. } => "Body::Media",
             Body::Unsupported(_) => "Body::Unsupported",
         })
     }
@@ -158,6 +177,13 @@ impl std::fmt::Display for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Body::Text(t) => f.write_str(t),
+            Body::Media { kind, file_name, size, caption } => {
+                write!(f, "[{kind}: {file_name}, {size} bytes]")?;
+                if !caption.is_empty() {
+                    write!(f, " {caption}")?;
+                }
+                Ok(())
+            }
             Body::Unsupported(kind) => write!(f, "[{kind}: unsupported in this chat]"),
         }
     }
@@ -168,6 +194,20 @@ pub fn body_of(message: &proto::Message) -> Body {
     use interop_e2ee::Content;
     match interop_e2ee::content(message) {
         Content::Text(t) => Body::Text(t.body.clone()),
+        Content::Image(m) | Content::Video(m) | Content::Voice(m) | Content::File(m) => {
+            let kind = match interop_e2ee::content(message) {
+                Content::Image(_) => "image",
+                Content::Video(_) => "video",
+                Content::Voice(_) => "voice",
+                _ => "file",
+            };
+            Body::Media {
+                kind,
+                file_name: m.file_name.clone(),
+                size: m.size,
+                caption: m.caption.clone(),
+            }
+        }
         Content::Unsupported(u) if !u.fallback_text.is_empty() => {
             Body::Unsupported(u.fallback_text.clone())
         }
@@ -998,6 +1038,15 @@ impl Client {
                 }
             };
         let body = received.message().map(body_of);
+        let media = received.message().and_then(|m| match &m.content {
+            Some(
+                proto::message::Content::Image(x)
+                | proto::message::Content::Video(x)
+                | proto::message::Content::Voice(x)
+                | proto::message::Content::File(x),
+            ) => Some(Box::new(x.clone())),
+            _ => None,
+        });
         received.commit().await.map_err(e2ee)?;
         // Stored: now the gatekeeper may delete its copy.
         self.send_node(&ack.into_node()).await?;
@@ -1012,6 +1061,7 @@ impl Client {
             from_account: sender_account,
             from_device: incoming.sender.device(),
             body,
+            media,
         })))
     }
 }

@@ -53,6 +53,9 @@ pub enum Error {
     /// The provider refused or could not be reached.
     #[error("{0}")]
     Provider(String),
+    /// A media upload or download failed (the reason names no file or address).
+    #[error("media: {0}")]
+    Media(String),
     /// Not connected to the gatekeeper.
     #[error("not connected to the gatekeeper")]
     NotConnected,
