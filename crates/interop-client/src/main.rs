@@ -88,8 +88,23 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Send a file (image, video, voice or any file, by its extension): encrypted, uploaded to
+    /// your media host with a progress bar, then announced to the recipient.
+    SendFile {
+        /// The file.
+        path: PathBuf,
+        /// The recipient: an identifier (phone number, provider username) or an address.
+        #[arg(long)]
+        to: String,
+        /// A caption.
+        #[arg(long, default_value = "")]
+        caption: String,
+    },
     /// Print incoming messages and receipts as they arrive.
     Listen {
+        /// Download received media into this directory (verified and decrypted).
+        #[arg(long)]
+        download_dir: Option<PathBuf>,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -144,6 +159,34 @@ fn password() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).context("reading the password")?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// A progress bar on standard error (hidden when it is not a terminal, or with `--json`).
+fn progress_bar(json: bool, what: &str) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// A file name safe to create in the download directory: the sender's name without any
+/// directory part, or the message id.
+fn safe_file_name(name: &str, id: &str) -> String {
+    let base = std::path::Path::new(name)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .map(str::to_owned);
+    base.unwrap_or_else(|| format!("{id}.bin"))
 }
 
 fn out(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
@@ -236,7 +279,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let id = client.send_text(&to, &text).await?;
             out(json, serde_json::json!({"sent": id}), || format!("sent id={id}"));
         }
-        Command::Listen { count, receipts, timeout, read } => {
+        Command::SendFile { path, to, caption } => {
+            client.connect().await?;
+            let bar = progress_bar(json, "upload");
+            let mut progress = |done: u64, total: u64| {
+                bar.set_length(total);
+                bar.set_position(done);
+            };
+            let id = client.send_file(&to, &path, &caption, &mut progress).await?;
+            bar.finish_and_clear();
+            out(json, serde_json::json!({"sent": id}), || format!("sent id={id}"));
+        }
+        Command::Listen { count, receipts, timeout, read, download_dir } => {
             let resumed = client.connect().await?;
             out(json, serde_json::json!({"connected": if resumed { "ik" } else { "xx" }}), || {
                 format!("connected ({})", if resumed { "IK resumption" } else { "XX" })
@@ -271,6 +325,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                                 )
                             },
                         );
+                        if let (Some(dir), Some(media)) = (&download_dir, &m.media) {
+                            std::fs::create_dir_all(dir)?;
+                            let name = safe_file_name(&media.file_name, &m.id);
+                            let dest = dir.join(&name);
+                            let bar = progress_bar(json, "download");
+                            let mut progress = |done: u64, total: u64| {
+                                bar.set_length(total);
+                                bar.set_position(done);
+                            };
+                            let hash = client.download(media, &dest, &mut progress).await?;
+                            bar.finish_and_clear();
+                            out(
+                                json,
+                                serde_json::json!({"downloaded": name, "sha256": hex::encode(hash)}),
+                                || format!("downloaded file={name} sha256={}", hex::encode(hash)),
+                            );
+                        }
                         if read {
                             client.send_read(&m.from_account, std::slice::from_ref(&m.id)).await?;
                         }
