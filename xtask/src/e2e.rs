@@ -37,63 +37,81 @@ pub fn run(opts: &Options) -> Result<()> {
     let scratch = Scratch::new()?;
     let mut procs = Processes::default();
 
-    // The gatekeeper (chat + HTTP), ports picked by the OS, dev mode (loopback provider over
-    // plain http, verification codes printed).
+    // The gatekeeper (chat + HTTP), ports picked by the OS the first time, dev mode (loopback
+    // provider over plain http, verification codes printed).
     let gk_dir = scratch.path().join("gatekeeper");
-    let mut gk = Command::new(&server_bin);
-    gk.args(["gatekeeper", "--dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(&gk_dir);
-    let gk = procs.spawn("gatekeeper", gk)?;
-    let (mut addr, mut key, mut http) = (None, None, None);
-    while addr.is_none() || key.is_none() || http.is_none() {
-        let line = gk.next_line(STEP_TIMEOUT)?;
-        if let Some(a) = line.strip_prefix("listening ") {
-            addr = Some(a.trim().to_owned());
-        } else if let Some(k) = line.strip_prefix("root-key ") {
-            key = Some(k.trim().to_owned());
-        } else if let Some(h) = line.strip_prefix("http ") {
-            http = Some(format!("http://{}", h.trim()));
+    let start_gatekeeper = |procs: &mut Processes,
+                            chat: &str,
+                            http: &str|
+     -> Result<(Lines, String, String, String)> {
+        let mut gk = Command::new(&server_bin);
+        gk.args(["gatekeeper", "--dev", "--listen", chat, "--http-listen", http])
+            .arg("--data-dir")
+            .arg(&gk_dir);
+        let gk = procs.spawn("gatekeeper", gk)?;
+        let (mut addr, mut key, mut http) = (None, None, None);
+        while addr.is_none() || key.is_none() || http.is_none() {
+            let line = gk.next_line(STEP_TIMEOUT)?;
+            if let Some(a) = line.strip_prefix("listening ") {
+                addr = Some(a.trim().to_owned());
+            } else if let Some(k) = line.strip_prefix("root-key ") {
+                key = Some(k.trim().to_owned());
+            } else if let Some(h) = line.strip_prefix("http ") {
+                http = Some(h.trim().to_owned());
+            }
         }
-    }
-    let (addr, key, http) = (
-        addr.context("no listening line")?,
-        key.context("no root-key line")?,
-        http.context("no http line")?,
-    );
+        Ok((
+            gk,
+            addr.context("no listening line")?,
+            key.context("no root-key line")?,
+            http.context("no http line")?,
+        ))
+    };
+    let (mut gk, addr, key, http_addr) =
+        start_gatekeeper(&mut procs, "127.0.0.1:0", "127.0.0.1:0")?;
+    let http = format!("http://{http_addr}");
     t.say(&format!("gatekeeper up: chat {addr}, http {http}"));
 
-    // The third-party provider.
-    let prov_dir = scratch.path().join("provider");
-    let mut prov = Command::new(&server_bin);
-    prov.args(["provider", "--dev", "--listen", "127.0.0.1:0"]).arg("--data-dir").arg(&prov_dir);
-    let prov = procs.spawn("provider", prov)?;
-    let issuer = prov
-        .wait_for_line(STEP_TIMEOUT, |l| l.starts_with("issuer "))?
-        .trim_start_matches("issuer ")
-        .trim()
-        .to_owned();
-    prov.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("listening "))?;
+    // The third-party providers: "example" (Alice's) and "other" (Carol's).
+    let start_provider = |procs: &mut Processes, name: &str| -> Result<(String, PathBuf)> {
+        let dir = scratch.path().join(name);
+        let mut prov = Command::new(&server_bin);
+        prov.args(["provider", "--dev", "--listen", "127.0.0.1:0"]).arg("--data-dir").arg(&dir);
+        let prov = procs.spawn(name, prov)?;
+        let issuer = prov
+            .wait_for_line(STEP_TIMEOUT, |l| l.starts_with("issuer "))?
+            .trim_start_matches("issuer ")
+            .trim()
+            .to_owned();
+        prov.wait_for_line(STEP_TIMEOUT, |l| l.starts_with("listening "))?;
+        Ok((issuer, dir))
+    };
+    let admin_token = || -> Result<String> {
+        Ok(std::fs::read_to_string(gk_dir.join("admin.token"))
+            .context("reading the gatekeeper's admin token")?
+            .trim()
+            .to_owned())
+    };
+    let register_provider = |integrator: &str, issuer: &str, dir: &Path| -> Result<String> {
+        let push_secret = std::fs::read_to_string(dir.join("push.secret"))
+            .context("reading the provider's push secret")?;
+        let mut add = Command::new(&server_bin);
+        add.args([
+            "add-provider",
+            "--gatekeeper",
+            &http,
+            "--integrator",
+            integrator,
+            "--issuer",
+            issuer,
+        ])
+        .env("INTEROP_ADMIN_TOKEN", admin_token()?)
+        .env("INTEROP_PUSH_SECRET", push_secret.trim());
+        run_to_end(add, STEP_TIMEOUT).context("registering a provider")
+    };
+    let (issuer, prov_dir) = start_provider(&mut procs, "provider")?;
     t.say(&format!("provider up: issuer {issuer}"));
-
-    // Register the provider with the gatekeeper (admin API; secrets through the environment).
-    let admin_token = std::fs::read_to_string(gk_dir.join("admin.token"))
-        .context("reading the gatekeeper's admin token")?;
-    let push_secret = std::fs::read_to_string(prov_dir.join("push.secret"))
-        .context("reading the provider's push secret")?;
-    let mut add = Command::new(&server_bin);
-    add.args([
-        "add-provider",
-        "--gatekeeper",
-        &http,
-        "--integrator",
-        "example",
-        "--issuer",
-        &issuer,
-    ])
-    .env("INTEROP_ADMIN_TOKEN", admin_token.trim())
-    .env("INTEROP_PUSH_SECRET", push_secret.trim());
-    let out = run_to_end(add, STEP_TIMEOUT).context("registering the provider")?;
+    let out = register_provider("example", &issuer, &prov_dir)?;
     t.say(out.trim());
 
     let client = |who: &str| {
@@ -109,22 +127,22 @@ pub fn run(opts: &Options) -> Result<()> {
         c.args(args);
         run_to_end(c, STEP_TIMEOUT).with_context(|| format!("{who}: {}", args.join(" ")))
     };
-    for who in ["alice", "bob", "bob2", "carol"] {
+    for who in ["alice", "bob", "bob2", "carol", "dave"] {
         ok(who, &["init", "--server", &addr, "--root-key", &key])?;
     }
-    // Carol does not send read receipts.
-    ok("carol", &["init", "--server", &addr, "--root-key", &key, "--read-receipts", "off"])?;
+    // Dave does not send read receipts.
+    ok("dave", &["init", "--server", &addr, "--root-key", &key, "--read-receipts", "off"])?;
 
     // 1. Bob registers as a native user and opts in; Alice signs up with her provider and
     //    enlists.
-    let register = |who: &str, identifier: &str| -> Result<String> {
+    let register = |gk: &Lines, who: &str, identifier: &str| -> Result<String> {
         ok(who, &["register", "--identifier", identifier])?;
         let prefix = format!("verification-code {identifier} ");
         let line = gk.wait_for_line(STEP_TIMEOUT, |l| l.starts_with(&prefix))?;
         let code = line.trim_start_matches(&prefix).trim().to_owned();
         ok(who, &["register", "--identifier", identifier, "--code", &code])
     };
-    let out = register("bob", "+15550001")?;
+    let out = register(&gk, "bob", "+15550001")?;
     t.say(&format!("bob: {}", out.trim()));
     ok("bob", &["interop", "on"])?;
     t.say("bob: opted in to interop");
@@ -207,7 +225,7 @@ pub fn run(opts: &Options) -> Result<()> {
     check_downloads(&mut t, "alice", &out, &sent[2..])?;
 
     // Bob links a second device; both of his devices receive Alice's next message.
-    let out = register("bob2", "+15550001")?;
+    let out = register(&gk, "bob2", "+15550001")?;
     t.say(&format!("bob's second device: {}", out.trim()));
     ok("alice", &["send", "to both of your devices", "--to", "+15550001"])?;
     for who in ["bob", "bob2"] {
@@ -242,10 +260,82 @@ pub fn run(opts: &Options) -> Result<()> {
         t.say(&format!("alice: {n} messages in her history with bob"));
     }
 
+    // 5. Alice's provider rotates its signing key: her next connection presents a token under
+    //    the new key, which the gatekeeper fetches on the unknown key id.
+    let prov_admin = std::fs::read_to_string(prov_dir.join("admin.token"))?;
+    let mut rotate = Command::new(&server_bin);
+    rotate
+        .args(["rotate-key", "--provider", &issuer])
+        .env("INTEROP_ADMIN_TOKEN", prov_admin.trim());
+    t.say(run_to_end(rotate, STEP_TIMEOUT).context("rotating the provider key")?.trim());
+    ok("bob", &["send", "after the rotation", "--to", "alice"])?;
+    let out = ok("alice", &["listen", "--count", "1", "--timeout", "30"])?;
+    if !out.contains("text=after the rotation") {
+        bail!("alice could not receive after the key rotation:\n{out}");
+    }
+    t.say("alice: authenticated with a token under the rotated key, received bob's message");
+
+    // The gatekeeper is killed (SIGKILL) with messages queued for Alice, and restarted on the
+    // same data directory and ports: nothing acked is lost.
+    for text in ["before the crash 1", "before the crash 2"] {
+        ok("bob", &["send", text, "--to", "alice"])?;
+    }
+    procs.kill("gatekeeper");
+    t.say("gatekeeper killed (SIGKILL) with two messages queued for alice");
+    let (gk2, _, key2, _) = start_gatekeeper(&mut procs, &addr, &http_addr)?;
+    gk = gk2;
+    if key2 != key {
+        bail!("the restarted gatekeeper has another root key");
+    }
+    t.say("gatekeeper restarted on the same data directory");
+    let out = ok("alice", &["listen", "--count", "2", "--timeout", "30"])?;
+    let texts: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("message"))
+        .filter_map(|l| l.split("text=").nth(1))
+        .collect();
+    if texts != ["before the crash 1", "before the crash 2"] {
+        bail!("after the restart alice received {texts:?}");
+    }
+    t.say("alice: both acked messages arrived after the restart, in order");
+
+    // 6. A second provider's user, Carol, messages Alice across providers.
+    let (issuer2, prov2_dir) = start_provider(&mut procs, "provider2")?;
+    t.say(register_provider("other", &issuer2, &prov2_dir)?.trim());
+    let mut login = client("carol");
+    login.args(["login", "--provider", &issuer2, "--username", "carol", "--create"]);
+    login.env("INTEROP_PASSWORD", "another good password");
+    run_to_end(login, STEP_TIMEOUT).context("carol: login")?;
+    let out = ok("carol", &["enlist"])?;
+    t.say(&format!("carol: {}", out.trim()));
+    ok("carol", &["send", "hello alice, from the other provider", "--to", "alice"])?;
+    let out = ok("alice", &["listen", "--count", "1", "--timeout", "30"])?;
+    if !out.contains("text=hello alice, from the other provider") {
+        bail!("alice did not receive carol's message:\n{out}");
+    }
+    t.say("alice: received carol's message (provider \"other\" -> gatekeeper -> provider \"example\")");
+
     // 7. Hostile moments.
-    register("carol", "+15550002")?;
+    for probe in
+        ["forged-token", "leaked-token", "oversized-stanza", "proxy-path", "proxy-provider"]
+    {
+        let out = ok("alice", &["probe", probe])?;
+        t.say(&format!("alice: {}", out.trim()));
+    }
+    register(&gk, "dave", "+15550002")?;
     let err = expect_failure(client("alice").args(["send", "hi", "--to", "+15550002"]))?;
-    t.say(&format!("refused, carol has not opted in: {err}"));
+    t.say(&format!("refused, dave has not opted in: {err}"));
+    // Dave (native, read receipts off) gets a message from Bob and reads it: Bob sees the
+    // delivery receipt and no read receipt. Dave's reply is the marker: receipts are delivered
+    // in storage order, so a read receipt would have arrived before it.
+    ok("bob", &["send", "are you reading this?", "--to", "+15550002"])?;
+    ok("dave", &["listen", "--count", "1", "--read", "--timeout", "30"])?;
+    ok("dave", &["send", "yes, but I keep read receipts off", "--to", "+15550001"])?;
+    let out = ok("bob", &["listen", "--count", "1", "--timeout", "30"])?;
+    if !out.contains("receipt delivery") || out.contains("receipt read") {
+        bail!("bob should see dave's delivery receipt and no read receipt:\n{out}");
+    }
+    t.say("bob: dave's delivery receipt, no read receipt (dave keeps them off)");
     ok("bob", &["block", "alice"])?;
     let err = expect_failure(client("alice").args(["send", "let me in", "--to", "+15550001"]))?;
     t.say(&format!("refused, bob blocked alice: {err}"));
@@ -376,6 +466,15 @@ impl Processes {
         let stdout = child.stdout.take().context("stdout is piped")?;
         self.children.push((name.to_owned(), child));
         Ok(Lines::new(name, stdout))
+    }
+
+    /// Kills (SIGKILL) and reaps the named process.
+    fn kill(&mut self, name: &str) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn wait_all(&mut self) {

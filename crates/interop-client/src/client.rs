@@ -466,6 +466,12 @@ impl Client {
     /// Connects to the gatekeeper (IK with the cached server key, else XX), presenting a
     /// fresh provider token for interop users. Returns whether IK resumption was used.
     pub async fn connect(&mut self) -> Result<bool> {
+        self.connect_with(|_| {}).await
+    }
+
+    /// Like [`Client::connect`], with the connection options adjusted by `tweak` first (tests
+    /// and probes: another device key, a changed token, a larger stanza limit).
+    pub async fn connect_with(&mut self, tweak: impl FnOnce(&mut ConnectOptions)) -> Result<bool> {
         let server = self
             .setting(key::SERVER)
             .await?
@@ -495,12 +501,18 @@ impl Client {
             opts.product = Product::Interop;
             opts.provider_jwt = Some(self.provider_token().await?.0);
         }
+        tweak(&mut opts);
         let conn = Connection::connect(&opts).await?;
         self.set(key::SERVER_KEY, &hex::encode(conn.server_key())).await?;
         let resumed = conn.resumed();
         self.conn = Some(conn);
         self.backlog.clear();
         Ok(resumed)
+    }
+
+    /// Sends a stanza as it is (probes and tests).
+    pub async fn send_raw(&mut self, node: &Node) -> Result<()> {
+        self.send_node(node).await
     }
 
     /// Whether a connection is open.

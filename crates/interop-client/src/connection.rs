@@ -36,6 +36,8 @@ pub struct ConnectOptions {
     pub provider_jwt: Option<String>,
     /// Whether the user sends read receipts.
     pub read_receipts: bool,
+    /// The largest stanza this client sends or accepts (default: the protocol's 1 MiB).
+    pub max_stanza: Option<usize>,
 }
 
 impl ConnectOptions {
@@ -52,6 +54,7 @@ impl ConnectOptions {
             user_agent: concat!("interop-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             provider_jwt: None,
             read_receipts: true,
+            max_stanza: None,
         }
     }
 }
@@ -72,7 +75,10 @@ impl Connection {
             .await
             .map_err(|source| Error::Unreachable { addr: opts.server.clone(), source })?;
         socket.set_nodelay(true)?;
-        let config = ClientConfig::new(opts.device_key.clone(), trust);
+        let mut config = ClientConfig::new(opts.device_key.clone(), trust);
+        if let Some(max) = opts.max_stanza {
+            config = config.max_stanza(max);
+        }
         let payload = ClientPayload {
             product: opts.product as i32,
             account_id: opts.account_id.clone(),

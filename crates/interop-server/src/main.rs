@@ -67,6 +67,13 @@ enum Command {
         #[arg(long)]
         media_base_url: Option<String>,
     },
+    /// Rotate a running reference provider's token signing key (the old key stays in its JWKS
+    /// for the overlap). The provider's admin token comes from INTEROP_ADMIN_TOKEN.
+    RotateKey {
+        /// The provider's base URL (its issuer).
+        #[arg(long)]
+        provider: String,
+    },
     /// Run the reference third-party provider server (accounts, tokens, keys, push receiver).
     Provider {
         /// HTTP listener address (port 0 picks a free port).
@@ -185,6 +192,21 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("the gatekeeper refused the provider ({status}): {text}");
             }
             println!("provider {integrator} registered");
+        }
+        Command::RotateKey { provider } => {
+            let token = std::env::var("INTEROP_ADMIN_TOKEN")
+                .context("set INTEROP_ADMIN_TOKEN to the provider's admin token")?;
+            let url = format!("{}/v1/admin/rotate-key", provider.trim_end_matches('/'));
+            let response = reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .context("the provider is unreachable")?;
+            if !response.status().is_success() {
+                anyhow::bail!("the provider refused the rotation ({})", response.status());
+            }
+            println!("provider signing key rotated");
         }
         Command::Provider { listen, data_dir, issuer, audience, dev } => {
             if !dev {

@@ -95,6 +95,26 @@ impl Client {
         }
     }
 
+    /// Asks the gatekeeper's media proxy for `<integrator>/<path>` as given (probes and tests);
+    /// returns the HTTP status and the error code of the answer, if any.
+    pub async fn probe_proxy(&mut self, integrator: &str, path: &str) -> Result<(u16, String)> {
+        let (token, base) = self.media_conn().await?;
+        let response = self
+            .http
+            .get(format!("{base}/proxy/{integrator}/{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(http_err)?;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        let code = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        Ok((status, code))
+    }
+
     /// Encrypts `path`, uploads it to this user's media host and sends the descriptor to
     /// `to`. Returns the message id.
     pub async fn send_file(

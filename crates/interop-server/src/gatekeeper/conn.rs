@@ -182,6 +182,9 @@ impl<S: GatekeeperStore> Conn<S> {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.send(&bytes)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+        // Lingering close: read what the client is still sending (bounded in time and bytes)
+        // so that the socket is not reset before the client has read the error.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.drain(8 << 20)).await;
     }
 
     async fn authenticate(
