@@ -143,6 +143,14 @@ enum Command {
     },
     /// Show this profile: role, address.
     Whoami,
+    /// Try something the gatekeeper must refuse, and print how it refused (for demos and
+    /// the e2e run): forged-token, leaked-token, oversized-stanza, proxy-path, proxy-provider.
+    #[command(hide = true)]
+    Probe {
+        /// What to try.
+        #[arg(value_parser = ["forged-token", "leaked-token", "oversized-stanza", "proxy-path", "proxy-provider"])]
+        what: String,
+    },
     /// Third-party users: wait (long-poll at the provider) for a push wake-up.
     WaitWake {
         /// Give up after this many polls.
@@ -159,6 +167,79 @@ fn password() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).context("reading the password")?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// Runs one hostile probe; returns how the gatekeeper refused it, or fails if it did not.
+async fn probe(client: &mut Client, what: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let refused = |e: interop_client::Error| match e {
+        interop_client::Error::Closed { condition, text } => {
+            Ok(format!("stream error {condition} ({})", text.unwrap_or_default()))
+        }
+        other => Err(anyhow::anyhow!("unexpected failure: {other}")),
+    };
+    let wait_for_refusal = async |client: &mut Client| -> anyhow::Result<String> {
+        match tokio::time::timeout(Duration::from_secs(10), client.next_event()).await {
+            Ok(Ok(event)) => bail!("the gatekeeper accepted it ({event:?})"),
+            Ok(Err(e)) => refused(e),
+            Err(_) => bail!("the gatekeeper neither refused nor answered"),
+        }
+    };
+    match what {
+        "forged-token" => {
+            // A valid token with its payload changed (another user), signature kept.
+            client
+                .connect_with(|o| {
+                    if let Some(jwt) = &mut o.provider_jwt {
+                        let parts: Vec<&str> = jwt.split('.').collect();
+                        if let [h, p, s] = parts.as_slice()
+                            && let Ok(bytes) = b64.decode(p)
+                            && let Ok(mut claims) =
+                                serde_json::from_slice::<serde_json::Value>(&bytes)
+                        {
+                            claims["sub"] = serde_json::Value::from("mallory");
+                            let forged = b64.encode(claims.to_string());
+                            *jwt = format!("{h}.{forged}.{s}");
+                        }
+                    }
+                })
+                .await?;
+            wait_for_refusal(client).await
+        }
+        "leaked-token" => {
+            // This user's token, presented from another device key.
+            let stolen = interop_noise::StaticKeypair::generate(&mut rand::rng());
+            client.connect_with(|o| o.device_key = stolen).await?;
+            wait_for_refusal(client).await
+        }
+        "oversized-stanza" => {
+            client.connect_with(|o| o.max_stanza = Some(4 << 20)).await?;
+            let big = interop_stanza::Node::new("message")
+                .with_attr("id", "big")
+                .with_attr("type", "text")
+                .with_bytes(vec![0u8; 2 << 20]);
+            // The server may close while the stanza is still being written: then the refusal
+            // is read after the failed write.
+            let _ = client.send_raw(&big).await;
+            wait_for_refusal(client).await
+        }
+        "proxy-path" | "proxy-provider" => {
+            client.connect().await?;
+            let (integrator, path) = if what == "proxy-path" {
+                // Trying to leave the provider's media base for another host.
+                ("example", "..%2F..%2F@169.254.169.254%2Flatest")
+            } else {
+                ("not-a-provider", "0123456789abcdef")
+            };
+            let (status, code) = client.probe_proxy(integrator, path).await?;
+            if (200..300).contains(&status) {
+                bail!("the proxy served it (HTTP {status})");
+            }
+            Ok(format!("HTTP {status} {code}"))
+        }
+        other => bail!("unknown probe {other}"),
+    }
 }
 
 /// A progress bar on standard error (hidden when it is not a terminal, or with `--json`).
@@ -437,6 +518,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             eprintln!("no wake-up");
             return Ok(2);
+        }
+        Command::Probe { what } => {
+            let refusal = probe(&mut client, &what).await?;
+            out(json, serde_json::json!({"probe": what, "refused": refusal}), || {
+                format!("refused {what}: {refusal}")
+            });
         }
         Command::Whoami => {
             let role = client.role().await?;
