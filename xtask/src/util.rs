@@ -17,12 +17,14 @@ pub fn protoc_path() -> Result<PathBuf> {
         .context("no vendored protoc for this platform; install protoc and set PROTOC")
 }
 
-/// The workspace root (the parent of `xtask/`).
+/// The workspace root (the parent of `xtask/`). `cargo run` sets `CARGO_MANIFEST_DIR` for the
+/// process: prefer it over the compile-time value, so that two checkouts (git worktrees) that
+/// share one target directory, and so one `xtask` binary, each work on their own sources.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf)
 }
 
 /// A `cargo` command run from the workspace root with `PROTOC` set.

@@ -32,6 +32,12 @@ pub struct ConnectOptions {
     pub product: Product,
     /// Free-form client name and version.
     pub user_agent: String,
+    /// Interop users: the provider-signed token bound to `device_key`.
+    pub provider_jwt: Option<String>,
+    /// Whether the user sends read receipts.
+    pub read_receipts: bool,
+    /// The largest stanza this client sends or accepts (default: the protocol's 1 MiB).
+    pub max_stanza: Option<usize>,
 }
 
 impl ConnectOptions {
@@ -46,6 +52,9 @@ impl ConnectOptions {
             device_id: 1,
             product: Product::Native,
             user_agent: concat!("interop-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            provider_jwt: None,
+            read_receipts: true,
+            max_stanza: None,
         }
     }
 }
@@ -66,13 +75,17 @@ impl Connection {
             .await
             .map_err(|source| Error::Unreachable { addr: opts.server.clone(), source })?;
         socket.set_nodelay(true)?;
-        let config = ClientConfig::new(opts.device_key.clone(), trust);
+        let mut config = ClientConfig::new(opts.device_key.clone(), trust);
+        if let Some(max) = opts.max_stanza {
+            config = config.max_stanza(max);
+        }
         let payload = ClientPayload {
             product: opts.product as i32,
             account_id: opts.account_id.clone(),
             device_id: opts.device_id,
             user_agent: opts.user_agent.clone(),
-            ..Default::default()
+            provider_jwt: opts.provider_jwt.clone().unwrap_or_default(),
+            read_receipts: opts.read_receipts,
         };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut rng = rand::rngs::StdRng::from_os_rng();

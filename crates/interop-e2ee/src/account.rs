@@ -192,6 +192,18 @@ impl<S: Storage> Account<S> {
         &self.local.address
     }
 
+    /// Changes this device's own address (a client creates its keys before the server assigns
+    /// its account id, then sets the address it was given). Sessions with peers are unaffected.
+    pub async fn set_address(&mut self, address: DeviceAddress) -> Result<()> {
+        let record =
+            records::encode_local(&address, self.local.registration_id, &self.local.key_pair);
+        let batch =
+            Batch { writes: vec![(RecordKey::LocalIdentity, Some(record))], arrivals: vec![] };
+        self.storage.commit(batch).await?;
+        self.local.address = address;
+        Ok(())
+    }
+
     /// The serialized identity public key (33 bytes).
     pub fn identity_key(&self) -> Vec<u8> {
         self.local.key_pair.identity_key().serialize().to_vec()

@@ -57,6 +57,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
         }
     }
 
+    /// Reads and discards whatever the peer still sends, up to `max` bytes or its end of
+    /// stream. A server calls it after shutting down its write half on an error, so that
+    /// closing the socket with unread input does not reset the connection before the peer has
+    /// read the error (a "lingering close").
+    pub async fn drain(&mut self, max: usize) -> Result<()> {
+        let mut left = max;
+        while left > 0 {
+            let n = self.io.read(&mut self.chunk).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        Ok(())
+    }
+
     /// Flushes and shuts down the write half.
     pub async fn shutdown(&mut self) -> Result<()> {
         self.io.shutdown().await?;

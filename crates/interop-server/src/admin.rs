@@ -27,6 +27,10 @@ use subtle::ConstantTimeEq;
 
 use crate::store::{ProviderRecord, ProviderStore};
 
+/// The integrator id naming the gatekeeper's own media host in media descriptors; no provider
+/// may take it.
+pub const RESERVED_INTEGRATOR: &str = "gatekeeper";
+
 /// Called with every provider after it changed.
 pub type ProviderHook = Arc<dyn Fn(&ProviderRecord) + Send + Sync>;
 
@@ -204,6 +208,13 @@ async fn upsert<S: ProviderStore>(
 ) -> Response {
     if !authorised(&s, &headers) {
         return problem(StatusCode::UNAUTHORIZED, "admin-token", None);
+    }
+    if integrator == RESERVED_INTEGRATOR {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid-provider",
+            Some("integrator_id: reserved for the gatekeeper's own media host"),
+        );
     }
     let body: ProviderBody = match serde_json::from_slice(&body) {
         Ok(b) => b,

@@ -213,6 +213,16 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         }
     }
 
+    /// Tells every live session of `account` to close with `condition` (the account was
+    /// deleted, or its provider disabled).
+    pub fn close_account(&self, account: &str, condition: StreamCondition) {
+        let live = self.live.lock().expect("live lock is never poisoned");
+        for (_, l) in live.iter().filter(|(d, _)| d.account == account) {
+            let _ = l.tx.try_send(Outbound::Close(condition));
+            l.nudge.notify_one();
+        }
+    }
+
     /// The next thing to send on this session. Cancel-safe.
     pub async fn next(&self, session: &mut Session) -> Result<Outbound> {
         loop {

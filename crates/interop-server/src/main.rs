@@ -25,9 +25,54 @@ enum Command {
         /// Chat listener address (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:5222", env = "INTEROP_LISTEN")]
         listen: SocketAddr,
-        /// Data directory (keys, state); created if missing.
+        /// HTTP listener address: admin API, /healthz, /metrics, media host and proxy.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "INTEROP_HTTP_LISTEN")]
+        http_listen: SocketAddr,
+        /// Data directory (keys, database, media); created if missing.
         #[arg(long, default_value = "./data/gatekeeper", env = "INTEROP_DATA_DIR")]
         data_dir: PathBuf,
+        /// The gatekeeper's id, which provider tokens must carry in `aud`.
+        #[arg(long, default_value = "gatekeeper", env = "INTEROP_AUDIENCE")]
+        audience: String,
+        /// The URL clients reach the HTTP listener at (media); default in dev mode:
+        /// `http://<http listen address>`.
+        #[arg(long, env = "INTEROP_PUBLIC_HTTP_URL")]
+        public_http_url: Option<String>,
+        /// Idle timeout of chat connections, in seconds.
+        #[arg(long, default_value_t = 300, env = "INTEROP_IDLE_TIMEOUT")]
+        idle_timeout: u64,
+        /// Development mode: providers may be plain http on loopback, and native verification
+        /// codes are printed on standard output instead of being sent.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Register (or update) a third-party provider with a running gatekeeper through its admin
+    /// API. The admin token comes from INTEROP_ADMIN_TOKEN, the provider's push secret from
+    /// INTEROP_PUSH_SECRET (never from the command line).
+    AddProvider {
+        /// The gatekeeper's HTTP base URL (its `http` start-up line).
+        #[arg(long, env = "INTEROP_GATEKEEPER_HTTP")]
+        gatekeeper: String,
+        /// The provider's integrator id (its users' addresses carry it).
+        #[arg(long)]
+        integrator: String,
+        /// The provider's token issuer URL.
+        #[arg(long)]
+        issuer: String,
+        /// Where push wake-ups go (default: `<issuer>/v1/push`).
+        #[arg(long)]
+        push_endpoint: Option<String>,
+        /// The only base URL the media proxy fetches this provider's media from (default:
+        /// `<issuer>/media/`).
+        #[arg(long)]
+        media_base_url: Option<String>,
+    },
+    /// Rotate a running reference provider's token signing key (the old key stays in its JWKS
+    /// for the overlap). The provider's admin token comes from INTEROP_ADMIN_TOKEN.
+    RotateKey {
+        /// The provider's base URL (its issuer).
+        #[arg(long)]
+        provider: String,
     },
     /// Run the reference third-party provider server (accounts, tokens, keys, push receiver).
     Provider {
@@ -90,17 +135,78 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Gatekeeper { listen, data_dir } => {
-            let gk = Gatekeeper::bind(&GatekeeperConfig { listen, data_dir })
-                .await
-                .context("starting the gatekeeper")?;
+        Command::Gatekeeper {
+            listen,
+            http_listen,
+            data_dir,
+            audience,
+            public_http_url,
+            idle_timeout,
+            dev,
+        } => {
+            let admin_token = secret("INTEROP_ADMIN_TOKEN", &data_dir, "admin.token", || {
+                hex::encode(rand::random::<[u8; 32]>())
+            })?;
+            let mut config = GatekeeperConfig::new(listen, data_dir);
+            config.http_listen = Some(http_listen);
+            config.audience = audience;
+            config.dev = dev;
+            config.admin_token = admin_token;
+            config.public_http_url = public_http_url;
+            config.idle_timeout = std::time::Duration::from_secs(idle_timeout.max(1));
+            let gk = Gatekeeper::bind(config).await.context("starting the gatekeeper")?;
             // Machine-readable start-up lines (xtask e2e and scripts read them).
             println!("root-key {}", hex::encode(gk.root_key()));
             println!("server-key {}", hex::encode(gk.public_key()));
             println!("listening {}", gk.local_addr()?);
+            if let Some(http) = gk.http_addr()? {
+                println!("http {http}");
+            }
             tracing::info!("gatekeeper ready");
             gk.run(shutdown_signal()).await?;
             tracing::info!("gatekeeper stopped");
+        }
+        Command::AddProvider { gatekeeper, integrator, issuer, push_endpoint, media_base_url } => {
+            let token = std::env::var("INTEROP_ADMIN_TOKEN")
+                .context("set INTEROP_ADMIN_TOKEN to the gatekeeper's admin token")?;
+            let push_secret = std::env::var("INTEROP_PUSH_SECRET")
+                .context("set INTEROP_PUSH_SECRET to the provider's push secret (whsec_...)")?;
+            let issuer = issuer.trim_end_matches('/').to_owned();
+            let body = serde_json::json!({
+                "issuer": issuer,
+                "push_endpoint": push_endpoint.unwrap_or_else(|| format!("{issuer}/v1/push")),
+                "push_secret": push_secret,
+                "media_base_url": media_base_url.unwrap_or_else(|| format!("{issuer}/media/")),
+            });
+            let url = format!("{}/admin/providers/{integrator}", gatekeeper.trim_end_matches('/'));
+            let response = reqwest::Client::new()
+                .put(&url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .context("the gatekeeper's HTTP listener is unreachable")?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if !status.is_success() {
+                anyhow::bail!("the gatekeeper refused the provider ({status}): {text}");
+            }
+            println!("provider {integrator} registered");
+        }
+        Command::RotateKey { provider } => {
+            let token = std::env::var("INTEROP_ADMIN_TOKEN")
+                .context("set INTEROP_ADMIN_TOKEN to the provider's admin token")?;
+            let url = format!("{}/v1/admin/rotate-key", provider.trim_end_matches('/'));
+            let response = reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .context("the provider is unreachable")?;
+            if !response.status().is_success() {
+                anyhow::bail!("the provider refused the rotation ({})", response.status());
+            }
+            println!("provider signing key rotated");
         }
         Command::Provider { listen, data_dir, issuer, audience, dev } => {
             if !dev {

@@ -192,6 +192,21 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Whether an account has opted in to interop.
     fn opted_in(&self, account: &str) -> impl Future<Output = crate::Result<bool>> + Send;
 
+    /// Records the interop consent an account gave at enlistment: the notice version and
+    /// whether the user sends read receipts.
+    fn set_consent(
+        &self,
+        account: &str,
+        version: &str,
+        read_receipts: bool,
+    ) -> impl Future<Output = crate::Result<()>> + Send;
+
+    /// The consent on record: (notice version, read receipts), `None` if none was given.
+    fn consent(
+        &self,
+        account: &str,
+    ) -> impl Future<Output = crate::Result<Option<(String, bool)>>> + Send;
+
     /// Deletes an account with its devices, prekeys, blocks and queued messages. Returns false
     /// if it did not exist.
     fn delete_account(&self, account: &str) -> impl Future<Output = crate::Result<bool>> + Send;

@@ -458,6 +458,30 @@ impl AccountStore for PgStore {
         Ok(n == 1)
     }
 
+    async fn set_consent(&self, account: &str, version: &str, read_receipts: bool) -> Result<()> {
+        sqlx::query("UPDATE accounts SET consent_version = $1, read_receipts = $2 WHERE id = $3")
+            .bind(version)
+            .bind(read_receipts)
+            .bind(account)
+            .execute(&self.pool)
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    async fn consent(&self, account: &str) -> Result<Option<(String, bool)>> {
+        let row = sqlx::query("SELECT consent_version, read_receipts FROM accounts WHERE id = $1")
+            .bind(account)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(storage)?;
+        Ok(row.and_then(|r| {
+            let version: Option<String> = r.get("consent_version");
+            let receipts: Option<bool> = r.get("read_receipts");
+            Some((version?, receipts.unwrap_or(false)))
+        }))
+    }
+
     async fn opted_in(&self, account: &str) -> Result<bool> {
         sqlx::query("SELECT opted_in FROM accounts WHERE id = $1")
             .bind(account)

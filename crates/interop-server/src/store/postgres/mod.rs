@@ -159,6 +159,13 @@ CREATE TABLE providers (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+ALTER TABLE accounts ADD COLUMN consent_version TEXT;
+ALTER TABLE accounts ADD COLUMN read_receipts BOOLEAN;
+"#,
+    ),
 ];
 
 pub(crate) fn storage(e: sqlx::Error) -> Error {

@@ -294,6 +294,30 @@ impl AccountStore for SqliteStore {
             .is_some_and(|r| r.get::<bool, _>("opted_in")))
     }
 
+    async fn set_consent(&self, account: &str, version: &str, read_receipts: bool) -> Result<()> {
+        sqlx::query("UPDATE accounts SET consent_version = ?, read_receipts = ? WHERE id = ?")
+            .bind(version)
+            .bind(read_receipts)
+            .bind(account)
+            .execute(&self.writes)
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    async fn consent(&self, account: &str) -> Result<Option<(String, bool)>> {
+        let row = sqlx::query("SELECT consent_version, read_receipts FROM accounts WHERE id = ?")
+            .bind(account)
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(storage)?;
+        Ok(row.and_then(|r| {
+            let version: Option<String> = r.get("consent_version");
+            let receipts: Option<bool> = r.get("read_receipts");
+            Some((version?, receipts.unwrap_or(false)))
+        }))
+    }
+
     async fn delete_account(&self, account: &str) -> Result<bool> {
         let mut tx = self.writes.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
         let n = sqlx::query("DELETE FROM accounts WHERE id = ?")

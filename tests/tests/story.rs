@@ -1,12 +1,17 @@
-//! The walking skeleton over real sockets: a gatekeeper in-process on loopback, clients through
-//! the client library's connection layer.
+//! The interop story in small pieces over real sockets: a gatekeeper and a provider in-process
+//! on loopback, clients through the client library (its connection layer, and the full client
+//! with Signal sessions and a profile database).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use interop_client::{ConnectOptions, Connection};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use interop_client::{Body, Client, ConnectOptions, Connection, Event};
 use interop_noise::TrustAnchor;
 use interop_server::gatekeeper::{Gatekeeper, GatekeeperConfig};
 use interop_stanza::Node;
+use interop_stanza::stanza::ReceiptType;
 
 struct Running {
     addr: String,
@@ -15,17 +20,21 @@ struct Running {
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<interop_server::Result<()>>,
+    codes: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Running {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let gk = Gatekeeper::bind(&GatekeeperConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_owned(),
-        })
-        .await
-        .unwrap();
+        let codes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let sink = Arc::clone(&codes);
+        let mut config =
+            GatekeeperConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+        config.dev = true;
+        config.code_sink = Some(Arc::new(move |identifier: &str, code: &str| {
+            sink.lock().unwrap().insert(identifier.to_owned(), code.to_owned());
+        }));
+        let gk = Gatekeeper::bind(config).await.unwrap();
         let addr = gk.local_addr().unwrap().to_string();
         let key = gk.public_key();
         let root = gk.root_key();
@@ -33,13 +42,23 @@ impl Running {
         let task = tokio::spawn(gk.run(async move {
             let _ = stopped.await;
         }));
-        Self { addr, root, key, _dir: dir, stop: Some(stop), task }
+        Self { addr, root, key, _dir: dir, stop: Some(stop), task, codes }
     }
 
     fn options(&self, account: &str) -> ConnectOptions {
         let mut o = ConnectOptions::new(&self.addr, account);
         o.trust_anchor = Some(TrustAnchor::new(self.root).unwrap());
         o
+    }
+
+    /// A native user registered through the client library, with its own profile.
+    async fn native(&self, dir: &std::path::Path, identifier: &str) -> Client {
+        let mut c = Client::open(dir).await.unwrap();
+        c.set_server(&self.addr, &self.root).await.unwrap();
+        c.register(identifier).await.unwrap();
+        let code = self.codes.lock().unwrap().get(identifier).cloned().expect("a code was sent");
+        c.confirm(identifier, &code).await.unwrap();
+        c
     }
 
     async fn stop(mut self) {
@@ -57,40 +76,59 @@ async fn next_with_tag(conn: &mut Connection, tag: &str) -> Node {
     }
 }
 
-#[tokio::test]
-async fn a_message_reaches_a_connected_recipient_and_the_sender_gets_an_ack() {
+#[tokio::test(flavor = "current_thread")]
+async fn native_users_exchange_encrypted_messages_with_receipts_and_offline_delivery() {
     let gk = Running::start().await;
-    let mut bob = Connection::connect(&gk.options("bob")).await.unwrap();
-    let mut alice = Connection::connect(&gk.options("alice")).await.unwrap();
-    // Bob's session is registered once his handshake completed; prove it by a round trip:
-    // a message from Bob to himself comes back.
-    bob.send(&Node::new("message").with_attr("id", "p").with_attr("to", "bob")).await.unwrap();
-    assert_eq!(next_with_tag(&mut bob, "message").await.attr("id"), Some("p"));
+    let dirs = tempfile::tempdir().unwrap();
+    let mut alice = gk.native(&dirs.path().join("alice"), "+15550101").await;
+    let mut bob = gk.native(&dirs.path().join("bob"), "+15550102").await;
 
-    let msg = Node::new("message")
-        .with_attr("id", "m1")
-        .with_attr("to", "bob")
-        .with_bytes(b"ciphertext".to_vec());
-    alice.send(&msg).await.unwrap();
-    let ack = next_with_tag(&mut alice, "ack").await;
-    assert_eq!(ack.attr("id"), Some("m1"));
-    assert_eq!(ack.attr("error"), None);
+    // Live: Bob is connected when Alice sends.
+    let id = alice.send_text("+15550102", "hello bob").await.unwrap();
+    match bob.next_event().await.unwrap() {
+        Event::Message(m) => {
+            assert_eq!(m.id, id);
+            assert_eq!(m.body, Body::Text("hello bob".into()));
+        }
+        other => panic!("bob got {other:?}"),
+    }
+    // Bob's client sent a delivery receipt after storing the message.
+    match alice.next_event().await.unwrap() {
+        Event::Receipt { ids, kind, .. } => {
+            assert_eq!(ids, vec![id.clone()]);
+            assert_eq!(kind, ReceiptType::Delivery);
+        }
+        other => panic!("alice got {other:?}"),
+    }
 
-    let got = next_with_tag(&mut bob, "message").await;
-    assert_eq!(got.attr("from"), Some("alice"));
-    assert_eq!(got.attr("id"), Some("m1"));
-    assert_eq!(got.attr("to"), None, "the gatekeeper strips `to` and stamps `from`");
-    assert_eq!(got.bytes(), Some(&b"ciphertext"[..]));
+    // Offline: Bob disconnects, Alice sends three, Bob reconnects and gets them in order.
+    bob.disconnect().await.unwrap();
+    let mut sent = Vec::new();
+    for text in ["one", "two", "three"] {
+        sent.push(alice.send_text("+15550102", text).await.unwrap());
+    }
+    bob.connect().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let Event::Message(m) = bob.next_event().await.unwrap() {
+            got.push(m.id);
+        }
+    }
+    assert_eq!(got, sent);
+    // Stored in Bob's history, exactly once each.
+    let alice_account = alice.address().await.unwrap().unwrap().account;
+    let history = bob.db().history(&alice_account, 100).await.unwrap();
+    assert_eq!(history.len(), 4);
     gk.stop().await;
 }
 
-#[tokio::test]
-async fn a_message_to_nobody_is_refused_with_a_reason() {
+#[tokio::test(flavor = "current_thread")]
+async fn a_native_user_without_interop_cannot_be_reached_by_an_unknown_identifier() {
     let gk = Running::start().await;
-    let mut alice = Connection::connect(&gk.options("alice")).await.unwrap();
-    alice.send(&Node::new("message").with_attr("id", "x").with_attr("to", "carol")).await.unwrap();
-    let ack = next_with_tag(&mut alice, "ack").await;
-    assert_eq!(ack.attr("error"), Some("recipient-unavailable"));
+    let dirs = tempfile::tempdir().unwrap();
+    let mut alice = gk.native(&dirs.path().join("alice"), "+15550201").await;
+    let err = alice.send_text("+15550299", "anyone?").await.unwrap_err();
+    assert!(matches!(err, interop_client::Error::UnknownContact(_)), "{err}");
     gk.stop().await;
 }
 
@@ -137,12 +175,18 @@ async fn a_cached_server_key_resumes_with_ik_and_a_stale_one_falls_back_to_xx() 
     opts.cached_server_key = Some(gk.key);
     let mut resumed = Connection::connect(&opts).await.unwrap();
     assert!(resumed.resumed());
-    // The session works: a message to oneself comes back.
+    // The session works: an iq is answered (this device is not registered, so with
+    // `not-enlisted`, as the protocol says).
     resumed
-        .send(&Node::new("message").with_attr("id", "r").with_attr("to", "alice"))
+        .send(
+            &Node::new("iq")
+                .with_attr("id", "r")
+                .with_attr("type", "get")
+                .with_attr("xmlns", "ping"),
+        )
         .await
         .unwrap();
-    assert_eq!(next_with_tag(&mut resumed, "message").await.attr("id"), Some("r"));
+    assert_eq!(next_with_tag(&mut resumed, "iq").await.attr("id"), Some("r"));
 
     // A key the server no longer has (say, before a rotation): XX on the same connection.
     opts.cached_server_key = Some(Running::start().await.key);
