@@ -1031,8 +1031,14 @@ impl Client {
         };
         let sender_account = incoming.sender.account().to_owned();
         if self.db.has_message(&sender_account, &incoming.id).await.map_err(Error::store)? {
-            // Seen before (a redelivery after a crash): ack again, show nothing.
+            // Seen before (a redelivery after a crash or a lost ack): ack again and repeat the
+            // delivery receipt (the gatekeeper de-duplicates it), show nothing new.
             self.send_node(&ack.into_node()).await?;
+            if sender_account != me.account {
+                let receipt = Receipt::new(incoming.id.clone(), ReceiptType::Delivery)
+                    .to(format!("{sender_account}@{SERVER}"));
+                self.send_node(&receipt.into_node()).await?;
+            }
             return Ok(None);
         }
         let received =
@@ -1060,13 +1066,15 @@ impl Client {
             _ => None,
         });
         received.commit().await.map_err(e2ee)?;
-        // Stored: now the gatekeeper may delete its copy.
-        self.send_node(&ack.into_node()).await?;
+        // Stored: now the gatekeeper may delete its copy. The message is the user's now, so a
+        // failed ack or receipt (the connection just broke) must not hide it: the next read
+        // reports the broken connection, and the redelivered copy is acked then.
+        let _ = self.send_node(&ack.into_node()).await;
         let Some(body) = body else { return Ok(None) };
         if sender_account != me.account {
             let receipt = Receipt::new(incoming.id.clone(), ReceiptType::Delivery)
                 .to(format!("{sender_account}@{SERVER}"));
-            self.send_node(&receipt.into_node()).await?;
+            let _ = self.send_node(&receipt.into_node()).await;
         }
         Ok(Some(Event::Message(Received {
             id: incoming.id,

@@ -13,6 +13,7 @@
 pub mod address;
 pub mod admin;
 pub mod chat;
+pub mod config;
 pub mod gatekeeper;
 pub mod iq;
 pub mod keyfile;

@@ -5,7 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use interop_server::gatekeeper::{Gatekeeper, GatekeeperConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+use interop_server::config::{FileConfig, LogFormat};
+use interop_server::gatekeeper::{Gatekeeper, GatekeeperConfig, GatekeeperStore};
+use interop_server::store::ProviderRecord;
+use interop_server::store::postgres::PgStore;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,29 +28,47 @@ struct Cli {
 enum Command {
     /// Run the gatekeeper's chat server.
     Gatekeeper {
-        /// Chat listener address (port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:5222", env = "INTEROP_LISTEN")]
-        listen: SocketAddr,
-        /// HTTP listener address: admin API, /healthz, /metrics, media host and proxy.
-        #[arg(long, default_value = "127.0.0.1:8080", env = "INTEROP_HTTP_LISTEN")]
-        http_listen: SocketAddr,
-        /// Data directory (keys, database, media); created if missing.
-        #[arg(long, default_value = "./data/gatekeeper", env = "INTEROP_DATA_DIR")]
-        data_dir: PathBuf,
-        /// The gatekeeper's id, which provider tokens must carry in `aud`.
-        #[arg(long, default_value = "gatekeeper", env = "INTEROP_AUDIENCE")]
-        audience: String,
+        /// Configuration file (TOML); see the `config` module docs. Environment variables
+        /// `INTEROP_<KEY>` override it, flags override both.
+        #[arg(long, env = "INTEROP_CONFIG")]
+        config: Option<PathBuf>,
+        /// Chat listener address (default 127.0.0.1:5222; port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP listener address: admin API, /healthz, /metrics, media host and proxy
+        /// (default 127.0.0.1:8080).
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Data directory (keys, database, media; default ./data/gatekeeper).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The gatekeeper's id, which provider tokens must carry in `aud` (default
+        /// `gatekeeper`).
+        #[arg(long)]
+        audience: Option<String>,
         /// The URL clients reach the HTTP listener at (media); default in dev mode:
         /// `http://<http listen address>`.
-        #[arg(long, env = "INTEROP_PUBLIC_HTTP_URL")]
+        #[arg(long)]
         public_http_url: Option<String>,
-        /// Idle timeout of chat connections, in seconds.
-        #[arg(long, default_value_t = 300, env = "INTEROP_IDLE_TIMEOUT")]
-        idle_timeout: u64,
+        /// Idle timeout of chat connections, in seconds (default 300).
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+        /// Log format: text or json.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
         /// Development mode: providers may be plain http on loopback, and native verification
         /// codes are printed on standard output instead of being sent.
         #[arg(long)]
         dev: bool,
+    },
+    /// Write a consistent copy of the gatekeeper's SQLite database while it runs.
+    Backup {
+        /// The gatekeeper's data directory.
+        #[arg(long, default_value = "./data/gatekeeper")]
+        data_dir: PathBuf,
+        /// Where to write the copy (must not exist).
+        #[arg(long)]
+        to: PathBuf,
     },
     /// Register (or update) a third-party provider with a running gatekeeper through its admin
     /// API. The admin token comes from INTEROP_ADMIN_TOKEN, the provider's push secret from
@@ -124,47 +148,144 @@ fn secret(
     }
 }
 
+/// Logs on standard error: `RUST_LOG` filters (default `info`); JSON lines on request.
+fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
+}
+
+/// Registers the configuration file's providers, prints the start-up lines and serves until
+/// SIGINT/SIGTERM.
+async fn serve_gatekeeper<S: GatekeeperStore>(
+    gk: Gatekeeper<S>,
+    file: &FileConfig,
+) -> anyhow::Result<()> {
+    for p in &file.providers {
+        let mut entry = interop_enlist::ProviderEntry::new(
+            &p.issuer,
+            &p.integrator,
+            p.push_endpoint
+                .as_deref()
+                .unwrap_or(&format!("{}/v1/push", p.issuer.trim_end_matches('/'))),
+            p.media_base_url
+                .as_deref()
+                .unwrap_or(&format!("{}/media/", p.issuer.trim_end_matches('/'))),
+        );
+        if let Some(d) = &p.discovery_url {
+            entry.discovery_url = d.clone();
+        }
+        entry.enabled = p.enabled.unwrap_or(true);
+        let record = ProviderRecord { entry, push_secret: p.push_secret()? };
+        gk.upsert_provider(&record).await.with_context(|| {
+            format!("registering provider {} from the configuration", p.integrator)
+        })?;
+    }
+    // Machine-readable start-up lines (xtask e2e and scripts read them).
+    println!("root-key {}", hex::encode(gk.root_key()));
+    println!("server-key {}", hex::encode(gk.public_key()));
+    println!("listening {}", gk.local_addr()?);
+    if let Some(http) = gk.http_addr()? {
+        println!("http {http}");
+    }
+    tracing::info!("gatekeeper ready");
+    gk.run(shutdown_signal()).await?;
+    tracing::info!("gatekeeper stopped");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Gatekeeper { .. } | Command::Backup { .. }) {
+        init_logging(false);
+    }
     match cli.command {
         Command::Gatekeeper {
+            config,
             listen,
             http_listen,
             data_dir,
             audience,
             public_http_url,
             idle_timeout,
+            log_format,
             dev,
         } => {
+            let file = FileConfig::load(config.as_deref())?;
+            let json_logs = match log_format.as_deref() {
+                Some("json") => true,
+                Some(_) => false,
+                None => file.log_format == Some(LogFormat::Json),
+            };
+            init_logging(json_logs);
+            let data_dir = data_dir
+                .or(file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("./data/gatekeeper"));
             let admin_token = secret("INTEROP_ADMIN_TOKEN", &data_dir, "admin.token", || {
                 hex::encode(rand::random::<[u8; 32]>())
             })?;
-            let mut config = GatekeeperConfig::new(listen, data_dir);
-            config.http_listen = Some(http_listen);
-            config.audience = audience;
-            config.dev = dev;
-            config.admin_token = admin_token;
-            config.public_http_url = public_http_url;
-            config.idle_timeout = std::time::Duration::from_secs(idle_timeout.max(1));
-            let gk = Gatekeeper::bind(config).await.context("starting the gatekeeper")?;
-            // Machine-readable start-up lines (xtask e2e and scripts read them).
-            println!("root-key {}", hex::encode(gk.root_key()));
-            println!("server-key {}", hex::encode(gk.public_key()));
-            println!("listening {}", gk.local_addr()?);
-            if let Some(http) = gk.http_addr()? {
-                println!("http {http}");
+            let listen = listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 5222).into());
+            let mut gk = GatekeeperConfig::new(listen, data_dir);
+            gk.http_listen = Some(
+                http_listen.or(file.http_listen).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
+            );
+            if let Some(a) = audience.or(file.audience.clone()) {
+                gk.audience = a;
             }
-            tracing::info!("gatekeeper ready");
-            gk.run(shutdown_signal()).await?;
-            tracing::info!("gatekeeper stopped");
+            gk.dev = dev || file.dev.unwrap_or(false);
+            gk.admin_token = admin_token;
+            gk.public_http_url = public_http_url.or(file.public_http_url.clone());
+            if let Some(s) = idle_timeout.or(file.idle_timeout_secs) {
+                gk.idle_timeout = Duration::from_secs(s.max(1));
+            }
+            if let Some(s) = file.handshake_timeout_secs {
+                gk.handshake_timeout = Duration::from_secs(s.max(1));
+            }
+            if let Some(n) = file.max_unauthenticated_per_ip {
+                gk.max_unauthenticated_per_ip = n.max(1);
+            }
+            if let Some(days) = file.message_ttl_days {
+                gk.chat.message_ttl_ms = i64::from(days.max(1)) * 24 * 3600 * 1000;
+            }
+            if let Some(n) = file.queue_per_device {
+                gk.queue.max_per_device = n.max(1);
+            }
+            match &file.database_url {
+                Some(url) => {
+                    let store = Arc::new(
+                        PgStore::connect(url, gk.queue).await.context("opening PostgreSQL")?,
+                    );
+                    let gatekeeper = Gatekeeper::bind_with_store(gk, store)
+                        .await
+                        .context("starting the gatekeeper")?;
+                    serve_gatekeeper(gatekeeper, &file).await?;
+                }
+                None => {
+                    let gatekeeper =
+                        Gatekeeper::bind(gk).await.context("starting the gatekeeper")?;
+                    serve_gatekeeper(gatekeeper, &file).await?;
+                }
+            }
+        }
+        Command::Backup { data_dir, to } => {
+            init_logging(false);
+            if to.exists() {
+                anyhow::bail!("{} exists; choose a new file", to.display());
+            }
+            let store = interop_server::store::sqlite::SqliteStore::open(
+                &data_dir.join("gatekeeper.db"),
+                interop_server::store::QueueLimits::default(),
+            )
+            .await
+            .context("opening the gatekeeper database")?;
+            store.backup(&to).await.context("writing the backup")?;
+            println!("backup written to {}", to.display());
         }
         Command::AddProvider { gatekeeper, integrator, issuer, push_endpoint, media_base_url } => {
             let token = std::env::var("INTEROP_ADMIN_TOKEN")
