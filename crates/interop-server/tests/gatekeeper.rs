@@ -129,6 +129,10 @@ struct World {
     http: reqwest::Client,
     codes: Arc<Mutex<HashMap<String, String>>>,
     stop: CancellationToken,
+    /// The gatekeeper's HTTP listener and admin token.
+    gk_http: SocketAddr,
+    admin: String,
+    gk_dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -198,7 +202,10 @@ async fn world() -> World {
     config.dev = true;
     config.http_listen = Some("127.0.0.1:0".parse().unwrap());
     config.code_sink = Some(sink);
+    let admin = hex::encode(rand::random::<[u8; 16]>());
+    config.admin_token = admin.clone();
     let gk = Gatekeeper::bind(config).await.unwrap();
+    let gk_http = gk.http_addr().unwrap().unwrap();
     gk.upsert_provider(&ProviderRecord {
         entry: ProviderEntry::new(
             &issuer,
@@ -214,7 +221,19 @@ async fn world() -> World {
     let root = gk.root_key();
     let gk_key = gk.public_key();
     tokio::spawn(gk.run(stop.clone().cancelled_owned()));
-    World { gk: addr, root, gk_key, issuer, http: reqwest::Client::new(), codes, stop, _dir: dir }
+    World {
+        gk: addr,
+        root,
+        gk_key,
+        issuer,
+        http: reqwest::Client::new(),
+        codes,
+        stop,
+        gk_http,
+        admin,
+        gk_dir: dir.path().join("gk"),
+        _dir: dir,
+    }
 }
 
 impl World {
@@ -917,4 +936,50 @@ async fn a_message_to_an_offline_interop_device_wakes_it_through_the_provider() 
     assert_eq!(answer.status().as_u16(), 200);
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body, json!({"wake": true}), "the provider received a signed wake-up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_provider_ends_its_users_live_sessions() {
+    let w = world().await;
+    let (_, mut alice, _) = w.enlisted("alice", 1).await;
+    alice.ping_ok("p1").await;
+    let url = format!("http://{}/admin/providers/{INTEGRATOR}/disable", w.gk_http);
+    let r = w.http.post(url).bearer_auth(&w.admin).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let error = alice.stream_error_then_closed().await;
+    assert_eq!(error.condition, StreamCondition::NotAuthorized);
+    assert_eq!(error.text.as_deref(), Some("provider_disabled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_is_stored_durably_and_rate_limited() {
+    let w = world().await;
+    let (_, mut alice, _) = w.enlisted("alice", 1).await;
+    let (_, _bob, bob_address) = w.enlisted("bob", 2).await;
+    let report = |id: &str| {
+        Node::new("iq")
+            .with_attr("id", id)
+            .with_attr("type", "set")
+            .with_attr("xmlns", "report")
+            .with_children(vec![
+                Node::new("report").with_attr("jid", account_jid(&bob_address)).with_children(
+                    vec![Node::new("message").with_attr("id", "m1").with_bytes(b"spam".to_vec())],
+                ),
+            ])
+    };
+    let answer = alice.iq(report("r1")).await;
+    assert_eq!(answer.attr("type"), Some("result"), "{}", show(&answer));
+    let stored = std::fs::read_to_string(w.gk_dir.join("reports.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(stored.lines().next().unwrap()).unwrap();
+    assert_eq!(line["reported"], bob_address.account.as_str());
+    assert!(line["report"].as_str().unwrap().contains("m1"));
+    // A burst of 10, then one a minute.
+    let mut refused = 0;
+    for i in 0..12 {
+        let a = alice.iq(report(&format!("x{i}"))).await;
+        if a.attr("type") == Some("error") {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "{refused} of 12 refused");
 }

@@ -150,6 +150,7 @@ struct Conn<S> {
 
 /// What woke the connection loop.
 enum Event {
+    ProviderChanged,
     Incoming(Result<Option<Vec<u8>>, interop_noise::Error>),
     Outgoing(crate::Result<Outbound>),
     Idle,
@@ -299,6 +300,8 @@ impl<S: GatekeeperStore> Conn<S> {
         };
         let idle = shared.config.idle_timeout;
         let mut idle_deadline = Instant::now() + idle;
+        let issuer = auth.identity.as_ref().map(|i| i.issuer.clone());
+        let mut provider_changes = shared.provider_changed.subscribe();
         let token_deadline = auth.token_expires.map(|exp| {
             let leeway = 30;
             let left = exp.saturating_add(leeway).saturating_sub(unix_now().as_secs());
@@ -308,6 +311,13 @@ impl<S: GatekeeperStore> Conn<S> {
             let event = tokio::select! {
                 biased;
                 () = shared.shutdown.cancelled() => Event::Shutdown,
+                changed = provider_changes.recv(), if issuer.is_some() => match changed {
+                    // Missed some changes: check anyway.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Event::ProviderChanged
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => Event::Shutdown,
+                },
                 out = next_outbound(&shared, session.as_mut()) => Event::Outgoing(out),
                 incoming = self.stream.recv() => Event::Incoming(incoming),
                 () = tokio::time::sleep_until(idle_deadline) => Event::Idle,
@@ -319,6 +329,14 @@ impl<S: GatekeeperStore> Conn<S> {
                 } => Event::TokenExpired,
             };
             match event {
+                Event::ProviderChanged => {
+                    if let Some(i) = &issuer
+                        && !shared.provider_enabled(i)
+                    {
+                        self.close(StreamCondition::NotAuthorized, "provider_disabled").await;
+                        break Ok(());
+                    }
+                }
                 Event::Shutdown => {
                     self.close(StreamCondition::SystemShutdown, "server shutting down").await;
                     break Ok(());
@@ -490,6 +508,29 @@ impl<S: GatekeeperStore> Conn<S> {
                 let (auth, ttl) = shared.media_token(&session.device.account);
                 let info = MediaUploadInfo { auth, ttl, hosts: vec![MediaHost { hostname: base }] };
                 Ok(Some(iq.result(IqPayload::MediaUploadInfo(info)).into_node()))
+            }
+            Some("report") => {
+                let id = node.attr("id").unwrap_or_default().to_owned();
+                let request = Iq::new(id.clone(), IqType::Set, Some("report"), IqPayload::None);
+                let target = node
+                    .children()
+                    .first()
+                    .filter(|c| c.tag == "report")
+                    .and_then(|c| c.attr("jid"))
+                    .and_then(Jid::parse);
+                let (Some(target), Some("set")) = (target, node.attr("type")) else {
+                    return Ok(Some(iq_error(&request, ErrorType::Modify, Condition::BadRequest)));
+                };
+                if !shared.report_limit.check(&session.device.account, now_ms()) {
+                    return Ok(Some(iq_error(
+                        &request,
+                        ErrorType::Wait,
+                        Condition::PolicyViolation,
+                    )));
+                }
+                shared.record_report(&session.device.account, &target.account, node).await?;
+                metrics::counter!("interop_reports_total").increment(1);
+                Ok(Some(Iq::new(id, IqType::Result, Some("report"), IqPayload::None).into_node()))
             }
             Some("blocklist") => {
                 let id = node.attr("id").unwrap_or_default().to_owned();

@@ -150,6 +150,9 @@ pub(crate) struct Shared<S> {
     pub registry_changed: Notify,
     /// Signalled after every finished key fetch.
     pub keys_fetched: Notify,
+    /// Tells live interop connections that a provider's registration changed (its issuer):
+    /// a connection whose provider is now disabled closes.
+    pub provider_changed: tokio::sync::broadcast::Sender<String>,
     /// Push targets by provider issuer.
     pub push_targets: RwLock<HashMap<String, PushTarget>>,
     /// Per-provider settings the connection handler needs, by issuer.
@@ -159,6 +162,8 @@ pub(crate) struct Shared<S> {
     /// Native registrations waiting for their code, by identifier (bounded).
     pub codes: Mutex<HashMap<String, PendingCode>>,
     pub register_limit: RateLimiter,
+    /// Reports per account.
+    pub report_limit: RateLimiter,
     /// Enlistments per provider and hour: issuer -> (hour, count).
     pub enlistments: Mutex<HashMap<String, (i64, u32)>>,
     /// Media tokens: token -> (account, expiry ms). Bounded by [`MAX_MEDIA_TOKENS`].
@@ -166,6 +171,8 @@ pub(crate) struct Shared<S> {
     /// Unauthenticated connections per IP.
     pub unauthenticated: Mutex<HashMap<IpAddr, u32>>,
     pub shutdown: CancellationToken,
+    /// Serialises appends to the reports file.
+    pub reports_lock: tokio::sync::Mutex<()>,
     /// The base URL of the HTTP listener as clients reach it (media uploads and downloads).
     pub http_base: Option<String>,
 }
@@ -214,6 +221,42 @@ impl<S: GatekeeperStore> Shared<S> {
             .expect("providers lock")
             .insert(entry.issuer.clone(), record.clone());
         self.registry_changed.notify_one();
+        // No receiver (no live connection) is fine.
+        let _ = self.provider_changed.send(entry.issuer.clone());
+    }
+
+    /// Appends a report (reporter, reported account, and what the reporter's client chose to
+    /// include, as the XML of the `report` element) to `reports.jsonl` in the data directory,
+    /// synced to disk before the reporter is answered. Moderation tooling reads that file.
+    pub(crate) async fn record_report(
+        &self,
+        reporter: &str,
+        reported: &str,
+        iq: &interop_stanza::Node,
+    ) -> Result<()> {
+        let content = iq
+            .children()
+            .first()
+            .and_then(|c| interop_stanza::xml::to_string(c).ok())
+            .unwrap_or_default();
+        let line = serde_json::json!({
+            "at_ms": now_ms(),
+            "reporter": reporter,
+            "reported": reported,
+            "report": content,
+        })
+        .to_string();
+        let path = self.config.data_dir.join("reports.jsonl");
+        let _guard = self.reports_lock.lock().await;
+        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, format!("{line}\n").as_bytes()).await?;
+        file.sync_data().await?;
+        Ok(())
+    }
+
+    /// Whether the provider with this issuer is registered and enabled.
+    pub(crate) fn provider_enabled(&self, issuer: &str) -> bool {
+        self.providers.read().expect("providers lock").get(issuer).is_some_and(|r| r.entry.enabled)
     }
 
     /// Where clients upload media to and fetch it from (`None`: no HTTP listener).
@@ -324,16 +367,19 @@ impl<S: GatekeeperStore> Gatekeeper<S> {
             registry: Mutex::new(Registry::new(registry_config)),
             registry_changed: Notify::new(),
             keys_fetched: Notify::new(),
+            provider_changed: tokio::sync::broadcast::channel(64).0,
             push_targets: RwLock::default(),
             providers: RwLock::default(),
             proxy: Arc::new(MediaProxy::new(outbound.clone(), ProxyLimits::default())),
             blobs,
             codes: Mutex::default(),
             register_limit: RateLimiter::new(Rate { burst: 5.0, per_minute: 1.0 }, 100_000),
+            report_limit: RateLimiter::new(Rate { burst: 10.0, per_minute: 1.0 }, 100_000),
             enlistments: Mutex::default(),
             media_tokens: Mutex::default(),
             unauthenticated: Mutex::default(),
             shutdown: CancellationToken::new(),
+            reports_lock: tokio::sync::Mutex::new(()),
             http_base,
             config,
         });
