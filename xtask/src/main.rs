@@ -166,6 +166,10 @@ fn test(phases: &mut Phases, large: bool, passthrough: &[String]) -> Result<()> 
             }
             cmd
         };
+        // Tests drive the real binaries (the CLI under tmux, the e2e pieces): build them first.
+        phases.run("binaries", || {
+            cargo(&["build", "--workspace", "--locked", "--bins"]).status_checked()
+        })?;
         if util::has_nextest() {
             phases.run("tests (nextest)", || {
                 let mut a = vec!["nextest", "run", "--no-fail-fast"];
