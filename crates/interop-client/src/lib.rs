@@ -13,6 +13,7 @@ pub mod client;
 pub mod connection;
 pub mod keyfile;
 pub mod store;
+pub mod tui;
 
 pub use client::{Address, Body, Client, Event, Received, Role};
 pub use connection::{ConnectOptions, Connection};

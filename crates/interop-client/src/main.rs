@@ -118,6 +118,12 @@ enum Command {
         #[arg(long)]
         read: bool,
     },
+    /// Chat with a contact in the terminal: the conversation with delivery and read ticks,
+    /// typing, and a marker on chats that cross providers. Enter sends, Esc quits.
+    Chat {
+        /// The contact: an identifier (phone number, provider username) or an address.
+        with: String,
+    },
     /// Show the conversation with a contact.
     History {
         /// The contact.
@@ -462,6 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
+        Command::Chat { with } => interop_client::tui::run(&mut client, &with).await?,
         Command::History { with, limit } => {
             let account = match client.db().contact(&with).await? {
                 Some(c) => c.account,
