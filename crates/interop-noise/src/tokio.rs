@@ -2,6 +2,10 @@
 //!
 //! [`connect`] runs the client side (IK when a server key is cached, falling back to XX when the
 //! server asks), [`accept`] the server side. Both return only once the peer is authenticated.
+//!
+//! Every handshake message and every stanza is written with one `write_all` followed by a
+//! flush, so over a message-oriented transport adapted to `AsyncWrite` (a WebSocket carrying
+//! one binary message per write) each stanza travels as one message.
 
 use rand_core::CryptoRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -35,6 +39,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
         self.out.clear();
         self.transport.encrypt_stanza_into(message, &mut self.out)?;
         self.io.write_all(&self.out).await?;
+        self.io.flush().await?;
         Ok(())
     }
 
@@ -128,11 +133,13 @@ where
         Some(key) => {
             let (expect, first) = ClientHandshake::start_ik(config, key, payload, rng)?;
             io.write_all(&first).await?;
+            io.flush().await?;
             let reply = read_frame(&mut io, &mut decoder).await?;
             match expect.handle_reply(&reply, now, rng)? {
                 IkReply::Done(done, confirm) => (done, confirm),
                 IkReply::RetryWithXx(expect, hello) => {
                     io.write_all(&hello).await?;
+                    io.flush().await?;
                     let reply = read_frame(&mut io, &mut decoder).await?;
                     expect.handle_server_hello(&reply, now)?
                 }
@@ -141,11 +148,13 @@ where
         None => {
             let (expect, first) = ClientHandshake::start_xx(config, payload, rng)?;
             io.write_all(&first).await?;
+            io.flush().await?;
             let reply = read_frame(&mut io, &mut decoder).await?;
             expect.handle_server_hello(&reply, now)?
         }
     };
     io.write_all(&last).await?;
+    io.flush().await?;
     let ClientDone { transport, server, server_key, resumed } = done;
     Ok((NoiseStream::new(io, transport, decoder), Connected { server, server_key, resumed }))
 }
@@ -196,6 +205,7 @@ where
         Err(e @ Error::UnsupportedVersion { .. }) => {
             // Tell the client which versions we speak, then give up on the connection.
             io.write_all(&ConnectionHeader::rejection_frame()).await?;
+            io.flush().await?;
             io.shutdown().await?;
             return Err(e);
         }
@@ -207,16 +217,19 @@ where
         match expect_hello.handle_client_hello(&hello, server_time_ms, rng)? {
             ServerStep::Xx(expect_finish, reply) => {
                 io.write_all(&reply).await?;
+                io.flush().await?;
                 let finish = read_frame(&mut io, &mut decoder).await?;
                 break expect_finish.handle_client_finish(&finish)?;
             }
             ServerStep::Ik(expect_confirm, reply) => {
                 io.write_all(&reply).await?;
+                io.flush().await?;
                 let confirm = read_frame(&mut io, &mut decoder).await?;
                 break expect_confirm.handle_confirm(&confirm)?;
             }
             ServerStep::RetryWithXx(next, retry) => {
                 io.write_all(&retry).await?;
+                io.flush().await?;
                 expect_hello = next;
             }
         }

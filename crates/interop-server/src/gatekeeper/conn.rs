@@ -21,7 +21,7 @@ use interop_stanza::stanza::{
     StreamCondition, StreamError,
 };
 use rand::SeedableRng;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::{GatekeeperStore, Shared, enlist, now_ms, unix_now};
@@ -79,9 +79,13 @@ pub(super) struct Auth {
 /// Why a connection is refused or closed, as the stream error says it.
 type Refused = (StreamCondition, &'static str);
 
-pub(super) async fn serve<S: GatekeeperStore>(
+/// A transport a client connection runs over: TCP, or a WebSocket adapted to a byte stream.
+pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+pub(super) async fn serve<S: GatekeeperStore, T: Transport>(
     shared: Arc<Shared<S>>,
-    socket: TcpStream,
+    socket: T,
     peer: SocketAddr,
 ) {
     let Some(guard) = Unauthenticated::enter(&shared, peer.ip()) else {
@@ -90,7 +94,6 @@ pub(super) async fn serve<S: GatekeeperStore>(
         return;
     };
     metrics::counter!("interop_connections_total").increment(1);
-    let _ = socket.set_nodelay(true);
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let started = Instant::now();
     let accept = interop_noise::tokio::accept(socket, &shared.noise, now_ms() as u64, &mut rng);
@@ -141,9 +144,9 @@ pub(super) async fn serve<S: GatekeeperStore>(
     }
 }
 
-struct Conn<S> {
+struct Conn<S, T> {
     shared: Arc<Shared<S>>,
-    stream: NoiseStream<TcpStream>,
+    stream: NoiseStream<T>,
     codec: Codec,
     limiter: RateLimiter,
 }
@@ -168,7 +171,7 @@ async fn next_outbound<S: GatekeeperStore>(
     }
 }
 
-impl<S: GatekeeperStore> Conn<S> {
+impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
     async fn send(&mut self, node: &Node) -> crate::Result<()> {
         let bytes = self.codec.encode(node)?;
         self.stream.send(&bytes).await?;
@@ -254,7 +257,7 @@ impl<S: GatekeeperStore> Conn<S> {
     /// Verifies a provider token, fetching the provider's keys once when they are missing or
     /// the key id is unknown. The signature is checked outside the registry lock.
     async fn verify_token(
-        &self,
+        &mut self,
         jwt: &str,
         key: &[u8; 32],
     ) -> Result<interop_enlist::VerifiedIdentity, Refused> {
@@ -489,7 +492,11 @@ impl<S: GatekeeperStore> Conn<S> {
     }
 
     /// The iqs the gatekeeper answers itself: `ping`, `media`, `blocklist`. `None`: not one.
-    async fn gatekeeper_iq(&self, session: &Session, node: &Node) -> crate::Result<Option<Node>> {
+    async fn gatekeeper_iq(
+        &mut self,
+        session: &Session,
+        node: &Node,
+    ) -> crate::Result<Option<Node>> {
         let shared = &self.shared;
         match node.attr("xmlns") {
             Some("ping") => {

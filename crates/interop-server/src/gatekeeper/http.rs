@@ -1,5 +1,6 @@
 //! The gatekeeper's HTTP listener: the admin API and `/healthz` ([`crate::admin`]), `/metrics`
-//! (Prometheus text format), the gatekeeper's own media host for its native users
+//! (Prometheus text format), the chat over WebSocket (`GET /chat`, see [`super::ws`]), the
+//! gatekeeper's own media host for its native users
 //! (`/media/{sha256}`) and the media proxy (`/proxy/{integrator}/{*path}`). Media endpoints
 //! take `Authorization: Bearer <token>` with a token from the `media` iq (uploads, proxy);
 //! downloads from the host are public (encrypted, content-addressed).
@@ -50,6 +51,23 @@ pub(super) fn router<S: GatekeeperStore>(
     let mut router = admin
         .merge(media::host_router(Arc::clone(&shared.blobs), Arc::clone(&authorize)))
         .merge(media::proxy_router(Arc::clone(&shared.proxy), authorize));
+    let ws_shared = Arc::clone(&shared);
+    router = router.route(
+        "/chat",
+        get(
+            move |upgrade: axum::extract::WebSocketUpgrade,
+                  axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                std::net::SocketAddr,
+            >| {
+                let shared = Arc::clone(&ws_shared);
+                async move {
+                    upgrade.max_message_size(2 << 20).on_upgrade(move |socket| {
+                        super::conn::serve(shared, super::ws::WsIo::new(socket), peer)
+                    })
+                }
+            },
+        ),
+    );
     if let Some(handle) = metrics {
         router = router.route("/metrics", get(move || std::future::ready(handle.render())));
     }

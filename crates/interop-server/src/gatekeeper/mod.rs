@@ -17,6 +17,7 @@
 mod conn;
 mod enlist;
 mod http;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -464,6 +465,7 @@ impl<S: GatekeeperStore> Gatekeeper<S> {
                             continue;
                         }
                     };
+                    let _ = socket.set_nodelay(true);
                     let shared = Arc::clone(&shared);
                     tracker.spawn(async move { conn::serve(shared, socket, peer).await });
                 }
