@@ -112,6 +112,14 @@ pub enum Event {
         /// Delivery, read or retry.
         kind: ReceiptType,
     },
+    /// A contact's identity key changed (reinstall, new phone, or an attack): compare the new
+    /// safety number.
+    IdentityChanged {
+        /// Their account.
+        account: String,
+        /// The new safety number.
+        safety_number: String,
+    },
     /// A contact is typing (or stopped).
     ChatState {
         /// Their account.
@@ -225,6 +233,8 @@ pub struct Client {
     conn: Option<Connection>,
     /// Stanzas that arrived while a request waited for its answer.
     backlog: VecDeque<Node>,
+    /// Events produced together with another one (an identity change with a message).
+    events: VecDeque<Event>,
     next_id: u64,
     http: reqwest::Client,
     /// Print stanzas (as XML) on standard error.
@@ -278,6 +288,7 @@ impl Client {
             rng,
             conn: None,
             backlog: VecDeque::new(),
+            events: VecDeque::new(),
             next_id: 1,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -507,7 +518,62 @@ impl Client {
         let resumed = conn.resumed();
         self.conn = Some(conn);
         self.backlog.clear();
+        if self.address().await?.is_some() {
+            self.top_up_prekeys().await?;
+        }
         Ok(resumed)
+    }
+
+    /// Asks the gatekeeper how many one-time prekeys this device has left and uploads new ones
+    /// (with a fresh signed prekey and last-resort Kyber key) when it runs low. Returns how many
+    /// one-time prekeys were uploaded.
+    pub async fn top_up_prekeys(&mut self) -> Result<usize> {
+        use interop_stanza::stanza::{Key, PrekeyUpload, SignedKey as WireKey};
+        let id = self.fresh_id();
+        let iq = Iq::new(id, IqType::Get, Some("encrypt"), IqPayload::PrekeyCountRequest);
+        let reply = self.iq(iq.into_node()).await?;
+        let left = match Iq::from_node(reply).map(|i| i.payload) {
+            Ok(IqPayload::PrekeyCount(n)) => n,
+            // Not enlisted yet (or the service refuses): nothing to top up.
+            _ => return Ok(0),
+        };
+        let policy = PreKeyPolicy::default();
+        let Some(more) = self
+            .account
+            .replenish(left, u32::MAX, &policy, SystemTime::now(), &mut self.rng)
+            .await
+            .map_err(e2ee)?
+        else {
+            return Ok(0);
+        };
+        let rotated = self
+            .account
+            .rotate_signed_prekey(SystemTime::now(), &mut self.rng)
+            .await
+            .map_err(e2ee)?;
+        let (Some(signed), Some(kyber)) = (rotated.signed_prekey, rotated.kyber_last_resort) else {
+            return Err(Error::E2ee("no signed prekeys generated".into()));
+        };
+        let wire = |k: SignedKey| WireKey { id: k.id, public: k.public, signature: k.signature };
+        let uploaded = more.one_time.len();
+        let upload = PrekeyUpload {
+            registration_id: self.account.registration_id(),
+            identity: self.account.identity_key(),
+            signed_prekey: wire(signed),
+            kyber_prekeys: vec![wire(kyber)],
+            one_time_prekeys: more
+                .one_time
+                .into_iter()
+                .map(|k| Key { id: k.id, public: k.public })
+                .collect(),
+        };
+        let id = self.fresh_id();
+        let iq = Iq::new(id, IqType::Set, Some("encrypt"), IqPayload::PrekeyUpload(upload));
+        let reply = self.iq(iq.into_node()).await?;
+        match reply.attr("type") {
+            Some("result") => Ok(uploaded),
+            _ => Err(Error::Refused("prekey upload refused".into())),
+        }
     }
 
     /// Sends a stanza as it is (probes and tests).
@@ -968,6 +1034,9 @@ impl Client {
     /// Waits for the next event. Messages are decrypted, stored and acked (in that order);
     /// a delivery receipt goes back to the sender.
     pub async fn next_event(&mut self) -> Result<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
         loop {
             let node = match self.backlog.pop_front() {
                 Some(n) => n,
@@ -1055,6 +1124,14 @@ impl Client {
                     return Ok(Some(Event::Undecryptable { from_account: sender_account, id }));
                 }
             };
+        let changed: Vec<DeviceAddress> = received
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                interop_e2ee::Event::IdentityChanged { peer } => Some(peer.clone()),
+                _ => None,
+            })
+            .collect();
         let body = received.message().map(body_of);
         let media = received.message().and_then(|m| match &m.content {
             Some(
@@ -1070,6 +1147,16 @@ impl Client {
         // failed ack or receipt (the connection just broke) must not hide it: the next read
         // reports the broken connection, and the redelivered copy is acked then.
         let _ = self.send_node(&ack.into_node()).await;
+        for peer in changed {
+            if let Ok(Some(identity)) = self.account.peer_identity(&peer).await
+                && let Ok(number) = self.account.safety_number(peer.account(), &identity)
+            {
+                self.events.push_back(Event::IdentityChanged {
+                    account: peer.account().to_owned(),
+                    safety_number: number,
+                });
+            }
+        }
         let Some(body) = body else { return Ok(None) };
         if sender_account != me.account {
             let receipt = Receipt::new(incoming.id.clone(), ReceiptType::Delivery)

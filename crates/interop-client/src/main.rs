@@ -458,6 +458,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                             },
                         );
                     }
+                    Event::IdentityChanged { account, safety_number } => {
+                        out(
+                            json,
+                            serde_json::json!({"identity_changed": account, "safety_number": safety_number}),
+                            || {
+                                format!(
+                                    "safety number with {account} changed: {safety_number} (compare it with them)"
+                                )
+                            },
+                        );
+                    }
                     Event::ChatState { from_account, state } => {
                         out(
                             json,

@@ -260,7 +260,16 @@ async fn on_event(
                 screen.name
             );
         }
-        Event::Receipt { .. } | Event::ChatState { .. } | Event::Undecryptable { .. } => {}
+        Event::IdentityChanged { account, safety_number } if account == contact.account => {
+            screen.status = format!(
+                "{}'s safety number changed (new phone or reinstall?): {safety_number}",
+                screen.name
+            );
+        }
+        Event::Receipt { .. }
+        | Event::ChatState { .. }
+        | Event::Undecryptable { .. }
+        | Event::IdentityChanged { .. } => {}
     }
 }
 
