@@ -112,6 +112,11 @@ pub struct FileConfig {
     pub message_ttl_days: Option<u32>,
     /// Copies waiting per device before new messages to it are refused.
     pub queue_per_device: Option<u64>,
+    /// Stanzas one connection may send per minute (burst: a tenth of that).
+    pub stanzas_per_minute: Option<u32>,
+    /// Messages a native account may send per minute (interop accounts: their provider's
+    /// quota).
+    pub native_messages_per_minute: Option<u32>,
     /// Log format.
     pub log_format: Option<LogFormat>,
     /// Providers registered at start-up.
@@ -145,6 +150,8 @@ impl FileConfig {
             "MAX_UNAUTHENTICATED_PER_IP",
             "MESSAGE_TTL_DAYS",
             "QUEUE_PER_DEVICE",
+            "STANZAS_PER_MINUTE",
+            "NATIVE_MESSAGES_PER_MINUTE",
             "LOG_FORMAT",
         ];
         figment = figment.merge(Env::prefixed("INTEROP_").only(&keys));

@@ -98,24 +98,51 @@ enum Command {
         #[arg(long)]
         provider: String,
     },
-    /// Run the reference third-party provider server (accounts, tokens, keys, push receiver).
+    /// Run the reference third-party provider server (accounts, tokens, keys, push receiver,
+    /// media host) over HTTPS; `provider check` checks a provider before it goes live.
+    #[command(args_conflicts_with_subcommands = true)]
     Provider {
-        /// HTTP listener address (port 0 picks a free port).
+        #[command(subcommand)]
+        action: Option<ProviderAction>,
+        /// Listener address (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8443", env = "INTEROP_PROVIDER_LISTEN")]
         listen: SocketAddr,
         /// Data directory (database, signing key, secrets); created if missing.
         #[arg(long, default_value = "./data/provider", env = "INTEROP_PROVIDER_DATA_DIR")]
         data_dir: PathBuf,
-        /// Issuer URL written into tokens (default: `http://<listen address>` in dev mode).
+        /// Issuer URL written into tokens: the https URL the gatekeeper and clients reach this
+        /// provider at (required outside --dev; default in dev mode: `http(s)://<listen address>`).
         #[arg(long, env = "INTEROP_ISSUER")]
         issuer: Option<String>,
         /// The gatekeeper's audience id.
         #[arg(long, default_value = "gatekeeper", env = "INTEROP_AUDIENCE")]
         audience: String,
-        /// Development mode: plain http on loopback. (TLS serving is not implemented yet, so
-        /// this is required for now.)
+        /// The TLS certificate chain (PEM, leaf first). Required outside --dev.
+        #[arg(long, env = "INTEROP_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The TLS certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(long, env = "INTEROP_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Development mode: plain http is allowed (on loopback only) and the issuer may be a
+        /// loopback URL.
         #[arg(long)]
         dev: bool,
+    },
+    /// Run a gatekeeper and a reference provider together on loopback, the provider
+    /// registered, keys generated: prints the addresses, the root key and the next steps.
+    Dev {
+        /// Data directory (default: a temporary one, removed on exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The gatekeeper's chat listener (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:5222")]
+        listen_chat: SocketAddr,
+        /// The gatekeeper's HTTP listener (admin API, /healthz, /metrics, media).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen_http: SocketAddr,
+        /// The provider's listener.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen_provider: SocketAddr,
     },
 }
 
@@ -256,6 +283,14 @@ async fn main() -> anyhow::Result<()> {
             if let Some(n) = file.queue_per_device {
                 gk.queue.max_per_device = n.max(1);
             }
+            if let Some(n) = file.stanzas_per_minute {
+                let n = f64::from(n.max(1));
+                gk.stanza_rate =
+                    interop_server::ratelimit::Rate { burst: (n / 10.0).max(10.0), per_minute: n };
+            }
+            if let Some(n) = file.native_messages_per_minute {
+                gk.native_messages_per_minute = n.max(1);
+            }
             match &file.database_url {
                 Some(url) => {
                     let store = Arc::new(
@@ -329,49 +364,32 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("provider signing key rotated");
         }
-        Command::Provider { listen, data_dir, issuer, audience, dev } => {
-            if !dev {
-                anyhow::bail!(
-                    "the provider serves plain http only for now; run it with --dev on loopback \
-                     (TLS from a certificate file is not implemented yet)"
-                );
+        Command::Provider { action: Some(ProviderAction::Check(check)), .. } => {
+            if !run_provider_check(check).await? {
+                std::process::exit(1);
             }
-            if !listen.ip().is_loopback() {
-                anyhow::bail!(
-                    "--dev serves plain http, so it listens on loopback only (got {listen})"
-                );
-            }
-            let push_secret = secret("INTEROP_PUSH_SECRET", &data_dir, "push.secret", || {
-                use base64::Engine;
-                let key: [u8; 32] = rand::random();
-                format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
-            })?;
-            let admin_token = secret("INTEROP_ADMIN_TOKEN", &data_dir, "admin.token", || {
-                hex::encode(rand::random::<[u8; 32]>())
-            })?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .context("binding the provider listener")?;
-            let addr = listener.local_addr()?;
-            let issuer = issuer.unwrap_or_else(|| format!("http://{addr}"));
-            let provider = interop_server::provider::Provider::open(
-                interop_server::provider::ProviderConfig {
-                    issuer: issuer.clone(),
-                    audience,
-                    data_dir,
-                    push_secret,
-                    admin_token,
-                    dev,
-                    wake_poll: std::time::Duration::from_secs(30),
-                },
-            )
-            .await
-            .context("starting the provider")?;
-            println!("issuer {issuer}");
-            println!("listening {addr}");
-            tracing::info!("provider ready");
-            provider.serve(listener, shutdown_signal()).await?;
-            tracing::info!("provider stopped");
+        }
+        Command::Provider {
+            action: None,
+            listen,
+            data_dir,
+            issuer,
+            audience,
+            tls_cert,
+            tls_key,
+            dev,
+        } => {
+            run_provider(listen, data_dir, issuer, audience, tls_cert.zip(tls_key), dev).await?;
+        }
+        Command::Dev { data_dir, listen_chat, listen_http, listen_provider } => {
+            run_dev(interop_server::dev::DevConfig {
+                data_dir,
+                listen_chat,
+                listen_http,
+                listen_provider,
+                ..Default::default()
+            })
+            .await?;
         }
     }
     Ok(())
@@ -390,4 +408,168 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `interop-server provider ...` subcommands.
+#[derive(Debug, Subcommand)]
+enum ProviderAction {
+    /// Check a provider as a gatekeeper will use it, before going live: discovery and JWKS, a
+    /// sample token, signed test wake-ups, the media host. Prints `ok:` / `FAIL: <what> — <fix>`
+    /// / `skip:` lines; exits 1 if anything failed. The test account's password comes from
+    /// INTEROP_PASSWORD, the push secret registered at the gatekeeper from INTEROP_PUSH_SECRET.
+    Check(ProviderCheck),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProviderCheck {
+    /// The provider's issuer URL, exactly as registered at the gatekeeper.
+    #[arg(long)]
+    provider: String,
+    /// The gatekeeper's audience id (tokens' `aud`).
+    #[arg(long, alias = "gatekeeper-audience", default_value = "gatekeeper")]
+    audience: String,
+    /// The push endpoint registered at the gatekeeper (default: `<issuer>/v1/push`).
+    #[arg(long)]
+    push_endpoint: Option<String>,
+    /// The media base URL registered at the gatekeeper (default: `<issuer>/media/`).
+    #[arg(long)]
+    media_base_url: Option<String>,
+    /// A test account of the provider (password in INTEROP_PASSWORD): checks a sample token
+    /// and the media host.
+    #[arg(long)]
+    username: Option<String>,
+    /// Create the test account first (an existing one is fine).
+    #[arg(long, requires = "username")]
+    create: bool,
+    /// An extra trust anchor (PEM), for a provider whose certificate comes from a private CA.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Check as a gatekeeper in dev mode does: plain http to loopback is acceptable.
+    #[arg(long)]
+    dev: bool,
+}
+
+/// Runs the provider check and prints its findings: whether all passed.
+async fn run_provider_check(args: ProviderCheck) -> anyhow::Result<bool> {
+    let mut config = interop_server::check::CheckConfig::new(&args.provider);
+    config.audience = args.audience;
+    config.push_endpoint = args.push_endpoint;
+    config.media_base_url = args.media_base_url;
+    config.push_secret = std::env::var("INTEROP_PUSH_SECRET").ok();
+    config.dev = args.dev;
+    config.create_account = args.create;
+    if let Some(username) = args.username {
+        let password = std::env::var("INTEROP_PASSWORD")
+            .context("set INTEROP_PASSWORD to the test account's password")?;
+        config.credentials = Some((username, password));
+    }
+    if let Some(path) = &args.ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{}: not PEM certificates", path.display()))?;
+        config.extra_roots = roots;
+    }
+    let findings = interop_server::check::run(&config).await;
+    for f in &findings {
+        println!("{f}");
+    }
+    let failed =
+        findings.iter().filter(|f| f.outcome == interop_server::check::Outcome::Fail).count();
+    if failed == 0 {
+        println!("all checks passed");
+    } else {
+        println!("{failed} check(s) failed");
+    }
+    Ok(failed == 0)
+}
+
+/// Serves the reference provider: HTTPS with a certificate, or plain http on loopback in dev
+/// mode.
+async fn run_provider(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    issuer: Option<String>,
+    audience: String,
+    tls: Option<(PathBuf, PathBuf)>,
+    dev: bool,
+) -> anyhow::Result<()> {
+    if tls.is_none() && !dev {
+        anyhow::bail!(
+            "the provider serves HTTPS: pass --tls-cert FILE --tls-key FILE (PEM); plain http \
+             is only for --dev on loopback"
+        );
+    }
+    if tls.is_none() && !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--dev without TLS serves plain http, so it listens on loopback only (got {listen})"
+        );
+    }
+    if issuer.is_none() && !dev {
+        anyhow::bail!(
+            "pass --issuer: the https URL the gatekeeper and clients reach this provider at \
+             (e.g. https://id.example.org)"
+        );
+    }
+    let acceptor = match &tls {
+        Some((cert, key)) => Some(interop_server::provider::tls::acceptor(cert, key)?),
+        None => None,
+    };
+    let push_secret = secret("INTEROP_PUSH_SECRET", &data_dir, "push.secret", || {
+        use base64::Engine;
+        let key: [u8; 32] = rand::random();
+        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+    })?;
+    let admin_token = secret("INTEROP_ADMIN_TOKEN", &data_dir, "admin.token", || {
+        hex::encode(rand::random::<[u8; 32]>())
+    })?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.context("binding the provider listener")?;
+    let addr = listener.local_addr()?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let issuer = issuer.unwrap_or_else(|| format!("{scheme}://{addr}"));
+    let provider =
+        interop_server::provider::Provider::open(interop_server::provider::ProviderConfig {
+            issuer: issuer.clone(),
+            audience,
+            data_dir,
+            push_secret,
+            admin_token,
+            dev,
+            wake_poll: Duration::from_secs(30),
+        })
+        .await
+        .context("starting the provider")?;
+    println!("issuer {issuer}");
+    println!("listening {addr}");
+    tracing::info!(tls = acceptor.is_some(), "provider ready");
+    match acceptor {
+        Some(acceptor) => provider.serve_tls(listener, acceptor, shutdown_signal()).await?,
+        None => provider.serve(listener, shutdown_signal()).await?,
+    }
+    tracing::info!("provider stopped");
+    Ok(())
+}
+
+/// Runs `interop-server dev`: prints the start-up lines and the next steps, serves until
+/// SIGINT/SIGTERM.
+async fn run_dev(config: interop_server::dev::DevConfig) -> anyhow::Result<()> {
+    let dev = interop_server::dev::Dev::start(config).await.context("starting the dev setup")?;
+    // `interop-client` next to this binary (a cargo build puts both in target/<profile>/).
+    let client = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let sibling =
+                exe.with_file_name(format!("interop-client{}", std::env::consts::EXE_SUFFIX));
+            sibling.exists().then(|| sibling.display().to_string())
+        })
+        .unwrap_or_else(|| "interop-client".to_owned());
+    println!("{}", dev.info().machine_lines());
+    println!();
+    println!("{}", dev.info().next_steps(&client));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!("dev setup ready");
+    dev.run(shutdown_signal()).await?;
+    tracing::info!("dev setup stopped");
+    Ok(())
 }

@@ -28,6 +28,11 @@ impl RateLimiter {
         Self { rate, max_keys, buckets: Mutex::default() }
     }
 
+    /// The rate of this limiter.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
     /// Takes one token for `key` at `now_ms`; false when the key is over its rate.
     pub fn check(&self, key: &str, now_ms: i64) -> bool {
         let mut buckets = self.buckets.lock().expect("rate lock is never poisoned");

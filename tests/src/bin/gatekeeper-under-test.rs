@@ -52,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut config = GatekeeperConfig::new(listen, data_dir.clone());
             config.dev = true;
             config.stanza_rate = Rate { burst: 100_000.0, per_minute: 1_000_000.0 };
+            config.native_messages_per_minute = 1_000_000;
             match Gatekeeper::bind(config).await {
                 Ok(gk) => break gk,
                 Err(interop_server::Error::Io(e))

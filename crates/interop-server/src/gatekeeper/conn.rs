@@ -454,8 +454,35 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
             self.send(&reply).await?;
             return Ok(Flow::Continue);
         }
+        if node.tag == "message" {
+            let issuer = auth.identity.as_ref().map(|i| i.issuer.as_str());
+            if !shared.message_allowed(issuer, &s.device.account) {
+                metrics::counter!("interop_messages_total", "outcome" => "rate-limited")
+                    .increment(1);
+                let id = node.attr("id").unwrap_or_default().to_owned();
+                self.send(&Ack::new(id, AckClass::Message).error("rate-limited").into_node())
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+        }
+        let is_message = node.tag == "message";
+        let started = Instant::now();
         match shared.chat.handle(s, node, now_ms()).await? {
             Handled::Replies(replies) => {
+                if is_message {
+                    metrics::histogram!("interop_message_ack_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    let outcome = replies.first().and_then(|r| r.attr("error")).unwrap_or("stored");
+                    let outcome = match outcome {
+                        "stored"
+                        | "duplicate"
+                        | "stale-devices"
+                        | "recipient-unavailable"
+                        | "bad-request" => outcome.to_owned(),
+                        _ => "other".to_owned(),
+                    };
+                    metrics::counter!("interop_messages_total", "outcome" => outcome).increment(1);
+                }
                 for r in &replies {
                     self.send(r).await?;
                 }

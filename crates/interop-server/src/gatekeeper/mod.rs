@@ -88,6 +88,9 @@ pub struct GatekeeperConfig {
     pub iq: IqLimits,
     /// Validity of media tokens handed out by the `media` iq.
     pub media_token_ttl: Duration,
+    /// Messages a native account may send per minute (interop accounts: their provider's
+    /// quota).
+    pub native_messages_per_minute: u32,
     /// Where native verification codes go: called with (identifier, code). Stands in for an
     /// SMS gateway; `None` with `dev` prints them on standard output.
     pub code_sink: Option<CodeSink>,
@@ -126,6 +129,7 @@ impl GatekeeperConfig {
             queue: QueueLimits::default(),
             iq: IqLimits::default(),
             media_token_ttl: Duration::from_secs(3600),
+            native_messages_per_minute: 600,
             code_sink: None,
         }
     }
@@ -165,6 +169,8 @@ pub(crate) struct Shared<S> {
     pub register_limit: RateLimiter,
     /// Reports per account.
     pub report_limit: RateLimiter,
+    /// Messages per account: one limiter per provider (its quota), one for native accounts.
+    pub message_limits: Mutex<HashMap<String, Arc<RateLimiter>>>,
     /// Enlistments per provider and hour: issuer -> (hour, count).
     pub enlistments: Mutex<HashMap<String, (i64, u32)>>,
     /// Media tokens: token -> (account, expiry ms). Bounded by [`MAX_MEDIA_TOKENS`].
@@ -253,6 +259,40 @@ impl<S: GatekeeperStore> Shared<S> {
         tokio::io::AsyncWriteExt::write_all(&mut file, format!("{line}\n").as_bytes()).await?;
         file.sync_data().await?;
         Ok(())
+    }
+
+    /// Takes one message from `account`'s allowance: its provider's `messages_per_minute`
+    /// quota (burst of a tenth of a minute's worth, at least 10), or for native accounts
+    /// [`GatekeeperConfig::native_messages_per_minute`].
+    pub(crate) fn message_allowed(&self, issuer: Option<&str>, account: &str) -> bool {
+        let (key, per_minute) = match issuer {
+            Some(i) => {
+                let quota = self
+                    .providers
+                    .read()
+                    .expect("providers lock")
+                    .get(i)
+                    .map_or(0, |r| r.entry.quotas.messages_per_minute);
+                (i.to_owned(), quota)
+            }
+            None => (String::new(), self.config.native_messages_per_minute),
+        };
+        let limiter = {
+            let mut limits = self.message_limits.lock().expect("limits lock");
+            let rate = Rate {
+                burst: (f64::from(per_minute) / 10.0).max(10.0),
+                per_minute: f64::from(per_minute),
+            };
+            match limits.get(&key) {
+                Some(l) if l.rate() == rate => Arc::clone(l),
+                _ => {
+                    let l = Arc::new(RateLimiter::new(rate, 1_000_000));
+                    limits.insert(key, Arc::clone(&l));
+                    l
+                }
+            }
+        };
+        limiter.check(account, now_ms())
     }
 
     /// Whether the provider with this issuer is registered and enabled.
@@ -376,6 +416,7 @@ impl<S: GatekeeperStore> Gatekeeper<S> {
             codes: Mutex::default(),
             register_limit: RateLimiter::new(Rate { burst: 5.0, per_minute: 1.0 }, 100_000),
             report_limit: RateLimiter::new(Rate { burst: 10.0, per_minute: 1.0 }, 100_000),
+            message_limits: Mutex::default(),
             enlistments: Mutex::default(),
             media_tokens: Mutex::default(),
             unauthenticated: Mutex::default(),
