@@ -208,3 +208,48 @@ async fn an_unreachable_server_is_a_clear_error() {
     assert!(matches!(err, interop_client::Error::Unreachable { .. }), "{err:?}");
     assert!(err.to_string().contains("cannot reach the server"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_handles_work_from_a_multi_threaded_runtime() {
+    let gk = Running::start().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let mut handles = Vec::new();
+    for (name, identifier) in [("alice", "+15550301"), ("bob", "+15550302")] {
+        let (h, events) = interop_client::ClientHandle::spawn(&dirs.path().join(name)).unwrap();
+        h.set_server(&gk.addr, gk.root).await.unwrap();
+        h.register(identifier).await.unwrap();
+        let code = gk.codes.lock().unwrap().get(identifier).cloned().unwrap();
+        h.confirm(identifier, &code).await.unwrap();
+        handles.push((h, events));
+    }
+    let (bob, mut bob_events) = handles.pop().unwrap();
+    let (alice, mut alice_events) = handles.pop().unwrap();
+    bob.connect().await.unwrap();
+    // Requests from other tasks while the actor also reads the connection.
+    let sender = tokio::spawn(async move {
+        let id = alice.send_text("+15550302", "through the actor").await.unwrap();
+        (alice, id)
+    });
+    let (alice, id) = sender.await.unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), bob_events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match event {
+        Event::Message(m) => {
+            assert_eq!(m.id, id);
+            assert_eq!(m.body, Body::Text("through the actor".into()));
+        }
+        other => panic!("bob got {other:?}"),
+    }
+    // Alice's actor is connected since the send: Bob's delivery receipt reaches her events.
+    let receipt = tokio::time::timeout(std::time::Duration::from_secs(10), alice_events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(receipt, Event::Receipt { kind: ReceiptType::Delivery, .. }), "{receipt:?}");
+    drop(alice);
+    gk.stop().await;
+}

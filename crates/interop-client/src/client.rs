@@ -1032,7 +1032,9 @@ impl Client {
     }
 
     /// Waits for the next event. Messages are decrypted, stored and acked (in that order);
-    /// a delivery receipt goes back to the sender.
+    /// a delivery receipt goes back to the sender. Not cancel-safe once a stanza is being
+    /// handled: to race it against other work, use [`Client::readable`] (cancel-safe) and then
+    /// [`Client::pending_event`].
     pub async fn next_event(&mut self) -> Result<Event> {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
@@ -1046,6 +1048,32 @@ impl Client {
                 return Ok(event);
             }
         }
+    }
+
+    /// Waits until a stanza has arrived and keeps it for [`Client::pending_event`].
+    /// Cancel-safe: dropping it loses nothing, so it can race other work in `select!`.
+    pub async fn readable(&mut self) -> Result<()> {
+        if !self.events.is_empty() || !self.backlog.is_empty() {
+            return Ok(());
+        }
+        let node = self.recv_node().await?;
+        self.backlog.push_back(node);
+        Ok(())
+    }
+
+    /// Handles what has already arrived (see [`Client::readable`]) without waiting for the
+    /// network: the next event, or `None` when nothing that arrived makes one. Run it to
+    /// completion (do not race it): it stores messages and acks them.
+    pub async fn pending_event(&mut self) -> Result<Option<Event>> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        while let Some(node) = self.backlog.pop_front() {
+            if let Some(event) = self.handle(node).await? {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
     }
 
     async fn handle(&mut self, node: Node) -> Result<Option<Event>> {

@@ -11,12 +11,14 @@
 
 pub mod client;
 pub mod connection;
+pub mod handle;
 pub mod keyfile;
 pub mod store;
 pub mod tui;
 
 pub use client::{Address, Body, Client, Event, Received, Role};
 pub use connection::{ConnectOptions, Connection};
+pub use handle::{ClientHandle, Events};
 
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
