@@ -13,7 +13,9 @@
 pub mod address;
 pub mod admin;
 pub mod chat;
+pub mod check;
 pub mod config;
+pub mod dev;
 pub mod gatekeeper;
 pub mod iq;
 pub mod keyfile;

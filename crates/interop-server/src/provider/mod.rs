@@ -15,8 +15,15 @@
 //!
 //! Clients keep a long-poll open on `/v1/wake` while they have no gatekeeper connection; a
 //! wake-up arriving while nobody polls stays pending until the next poll.
+//!
+//! The service runs over HTTPS ([`Provider::serve_tls`], rustls from PEM files, see [`tls`]);
+//! plain http ([`Provider::serve`]) is for dev mode on loopback. Media uploads are bounded in
+//! size ([`MediaLimits::host`]) and in time: a body that sends nothing for
+//! [`MediaLimits::upload_idle`] is refused with `400`, one that takes longer than
+//! [`MediaLimits::upload_total`] with `408`; nothing of either is stored.
 
 pub mod store;
+pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -70,6 +77,27 @@ impl std::fmt::Debug for ProviderConfig {
     }
 }
 
+/// Limits of the provider's media host ([`Provider::open_with`]).
+#[derive(Debug, Clone)]
+pub struct MediaLimits {
+    /// The host rules (size cap: 1 GiB by default).
+    pub host: interop_media::HostLimits,
+    /// An upload whose body sends nothing for this long is refused (default 30 s).
+    pub upload_idle: Duration,
+    /// An upload must be complete within this time (default 1 h).
+    pub upload_total: Duration,
+}
+
+impl Default for MediaLimits {
+    fn default() -> Self {
+        Self {
+            host: interop_media::HostLimits::default(),
+            upload_idle: Duration::from_secs(30),
+            upload_total: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// How long a login session lasts.
 const SESSION_TTL_MS: i64 = 24 * 3600 * 1000;
 /// How long push ids are remembered for replay protection (twice the signature tolerance).
@@ -90,6 +118,7 @@ type WakeSlot = (bool, Arc<Notify>);
 
 struct Inner {
     config: ProviderConfig,
+    media_limits: MediaLimits,
     store: ProviderStore,
     blobs: Arc<crate::media::BlobStore>,
     ring: Mutex<KeyRing>,
@@ -141,13 +170,18 @@ fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 
 impl Provider {
     /// Opens the provider's data directory (creating the database and the signing key on first
-    /// start).
+    /// start), with the default media limits.
     pub async fn open(config: ProviderConfig) -> Result<Self> {
+        Self::open_with(config, MediaLimits::default()).await
+    }
+
+    /// [`open`](Self::open) with other media limits.
+    pub async fn open_with(config: ProviderConfig, media_limits: MediaLimits) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         let store = ProviderStore::open(&config.data_dir.join("provider.db")).await?;
         let blobs = Arc::new(crate::media::BlobStore::open(
             config.data_dir.join("media"),
-            interop_media::HostLimits::default(),
+            media_limits.host,
         )?);
         let key = load_signing_key(&config.data_dir.join("signing.key"))?;
         let policy = if config.dev { UrlPolicy::DevLoopbackHttp } else { UrlPolicy::HttpsOnly };
@@ -158,6 +192,7 @@ impl Provider {
         })?;
         Ok(Self(Arc::new(Inner {
             config,
+            media_limits,
             store,
             blobs,
             ring: Mutex::new(KeyRing::new(key)),
@@ -194,7 +229,12 @@ impl Provider {
                 matches!(store.session_user(token, now_ms()).await, Ok(Some(_)))
             })
         });
-        let media = crate::media::host_router(Arc::clone(&self.0.blobs), authorize);
+        let limits = self.0.media_limits.clone();
+        let media = crate::media::host_router(Arc::clone(&self.0.blobs), authorize).layer(
+            axum::middleware::from_fn(move |request, next| {
+                upload_time_limits(limits.clone(), request, next)
+            }),
+        );
         axum::Router::new()
             .route("/v1/accounts", post(create_account))
             .route("/v1/sessions", post(login))
@@ -219,6 +259,18 @@ impl Provider {
         axum::serve(listener, self.router().into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await?;
+        Ok(())
+    }
+
+    /// Serves the HTTP service over TLS on `listener` until `shutdown` resolves (see [`tls`]).
+    pub async fn serve_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let listener = tls::TlsListener::new(listener, acceptor)?;
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await?;
         Ok(())
     }
 
@@ -260,6 +312,56 @@ impl Provider {
         seen.push_back((id.to_owned(), now));
         true
     }
+}
+
+/// Bounds media uploads in time: the body may pause at most `upload_idle` between chunks and
+/// must be complete within `upload_total`. Either way the body fails, the media host discards
+/// the upload (nothing of it stays on disk), and the answer becomes `408 upload-timeout`.
+/// Downloads pass untouched (their handler answers at once and streams).
+async fn upload_time_limits(
+    limits: MediaLimits,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    if request.method() != axum::http::Method::PUT {
+        return next.run(request).await;
+    }
+    let deadline = tokio::time::Instant::now() + limits.upload_total;
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&timed_out);
+    let request = request.map(move |body| {
+        let chunks = futures::stream::unfold(
+            (body.into_data_stream(), flag, false),
+            move |(mut chunks, flag, failed)| async move {
+                if failed {
+                    return None;
+                }
+                let wait = limits
+                    .upload_idle
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, chunks.next()).await {
+                    Ok(Some(Ok(chunk))) => Some((Ok(chunk), (chunks, flag, false))),
+                    Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), (chunks, flag, true))),
+                    Ok(None) => None,
+                    Err(_) => {
+                        flag.store(true, Ordering::Relaxed);
+                        let e =
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "upload too slow");
+                        Some((Err(e), (chunks, flag, true)))
+                    }
+                }
+            },
+        );
+        axum::body::Body::from_stream(chunks)
+    });
+    let response = next.run(request).await;
+    if timed_out.load(Ordering::Relaxed) {
+        return problem(StatusCode::REQUEST_TIMEOUT, "upload-timeout");
+    }
+    response
 }
 
 fn problem(status: StatusCode, code: &str) -> Response {
