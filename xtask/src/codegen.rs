@@ -32,7 +32,7 @@ pub const PROTO_SETS: &[ProtoSet] = &[
     ProtoSet {
         files: &["interop/content.proto"],
         out_dir: "crates/interop-e2ee/src/generated",
-        skip_debug: &[],
+        skip_debug: &[".interop.content.v1"],
     },
 ];
 

@@ -145,9 +145,12 @@ pub mod test_suite;
 ///
 /// Their derived `Debug` prints content: do not log them.
 #[allow(clippy::all, missing_docs, missing_debug_implementations)]
+/// The content protobufs (`proto/interop/content.proto`). They carry plaintext, so they have no
+/// `Debug` implementation (generated with `skip_debug`): nothing can log a message by accident.
 pub mod proto {
     include!("generated/interop.content.v1.rs");
 }
+mod redacted;
 
 pub use account::{Account, Enc, EncKind, Event, Pending};
 pub use content::{
