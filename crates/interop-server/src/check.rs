@@ -195,11 +195,18 @@ pub async fn run(config: &CheckConfig) -> Vec<Finding> {
     if !checker.urls(&mut out) {
         return out;
     }
-    let Some(mut registry) = checker.keys(&mut out).await else { return out };
+    let registry = checker.keys(&mut out).await;
     let session = checker.session(&mut out).await;
-    let push_token = match &session {
-        Some(s) => checker.sample_token(&mut out, &mut registry, s).await,
-        None => {
+    let push_token = match (&session, registry) {
+        (Some(s), Some(mut registry)) => checker.sample_token(&mut out, &mut registry, s).await,
+        (Some(_), None) => {
+            out.push(Finding::skip(
+                "sample token",
+                "it can only be verified once the discovery document and the JWKS pass",
+            ));
+            None
+        }
+        (None, _) => {
             out.push(Finding::skip(
                 "sample token",
                 "pass --username (and the password in INTEROP_PASSWORD) of a test account to \
@@ -303,7 +310,7 @@ impl Checker<'_> {
             .filter_map(|u| Some((u.host_str()?.to_owned(), u.port_or_known_default()?)))
             .collect();
         hosts.sort();
-        hosts.dedup();
+        hosts.dedup_by(|a, b| a.0 == b.0);
         for (host, port) in hosts {
             let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
             match tokio::net::lookup_host((host.as_str(), port)).await {
