@@ -197,6 +197,7 @@ pub async fn run(config: &CheckConfig) -> Vec<Finding> {
     }
     let registry = checker.keys(&mut out).await;
     let session = checker.session(&mut out).await;
+    let logged_in_needed = config.credentials.is_some();
     let push_token = match (&session, registry) {
         (Some(s), Some(mut registry)) => checker.sample_token(&mut out, &mut registry, s).await,
         (Some(_), None) => {
@@ -204,6 +205,10 @@ pub async fn run(config: &CheckConfig) -> Vec<Finding> {
                 "sample token",
                 "it can only be verified once the discovery document and the JWKS pass",
             ));
+            None
+        }
+        (None, _) if logged_in_needed => {
+            out.push(Finding::skip("sample token", "needs the login that failed above"));
             None
         }
         (None, _) => {
@@ -218,6 +223,9 @@ pub async fn run(config: &CheckConfig) -> Vec<Finding> {
     checker.push(&mut out, push_token.as_deref()).await;
     match &session {
         Some(s) => checker.media(&mut out, s).await,
+        None if logged_in_needed => {
+            out.push(Finding::skip("media host", "needs the login that failed above"));
+        }
         None => out.push(Finding::skip(
             "media host",
             "pass --username (and INTEROP_PASSWORD) of a test account to upload a test blob",
@@ -622,10 +630,12 @@ impl Checker<'_> {
         signer: &standardwebhooks::Webhook,
         push_token: &str,
         timestamp: i64,
-    ) -> Result<(u16, String), String> {
+    ) -> Result<(u16, String), Unanswered> {
         let body = crate::push::wake_body(push_token);
         let id = format!("msg_{}", hex::encode(rand::rng().random::<[u8; 12]>()));
-        let signature = signer.sign(&id, timestamp, body.as_bytes()).map_err(|e| e.to_string())?;
+        let signature = signer
+            .sign(&id, timestamp, body.as_bytes())
+            .map_err(|e| Unanswered { timeout: false, text: e.to_string() })?;
         let response = self
             .http
             .post(self.config.push_url())
@@ -636,7 +646,7 @@ impl Checker<'_> {
             .body(body)
             .send()
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| Unanswered { timeout: e.is_timeout(), text: describe(&e) })?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         Ok((status, text.chars().take(200).collect()))
@@ -703,10 +713,11 @@ impl Checker<'_> {
                 "answer 2xx once the wake-up is handled: the gatekeeper retries other answers \
                  and the device wakes late",
             )),
-            Err(e) => out.push(Finding::fail(
-                format!("push endpoint {url}: {e}"),
-                "answer within 15 s (the gatekeeper's timeout)",
-            )),
+            Err(e) => {
+                out.push(Finding::fail(format!("push endpoint {url}: {}", e.text), e.fix()));
+                // The forged and stale wake-ups would go unanswered the same way.
+                return;
+            }
         }
 
         // A wake-up signed with another secret must be refused.
@@ -725,8 +736,8 @@ impl Checker<'_> {
                      shared secret) and refuse a mismatch with 401",
                 )),
                 Err(e) => out.push(Finding::fail(
-                    format!("push endpoint (forged wake-up): {e}"),
-                    "answer within 15 s",
+                    format!("push endpoint (forged wake-up): {}", e.text),
+                    e.fix(),
                 )),
             }
         }
@@ -739,10 +750,8 @@ impl Checker<'_> {
                 format!("push endpoint answered {status} to a wake-up timestamped an hour ago"),
                 "refuse webhook-timestamps more than 5 minutes off with 401 (replay protection)",
             )),
-            Err(e) => out.push(Finding::fail(
-                format!("push endpoint (stale wake-up): {e}"),
-                "answer within 15 s",
-            )),
+            Err(e) => out
+                .push(Finding::fail(format!("push endpoint (stale wake-up): {}", e.text), e.fix())),
         }
     }
 
@@ -869,6 +878,22 @@ impl Checker<'_> {
                 format!("media (unknown address): {}", describe(&e)),
                 "answer 404 for addresses that are not stored",
             )),
+        }
+    }
+}
+
+/// A request that got no HTTP answer.
+struct Unanswered {
+    timeout: bool,
+    text: String,
+}
+
+impl Unanswered {
+    fn fix(&self) -> &'static str {
+        if self.timeout {
+            "answer within 15 s (the gatekeeper's timeout)"
+        } else {
+            "make the push endpoint reachable from the gatekeeper (connection, TLS certificate, DNS)"
         }
     }
 }

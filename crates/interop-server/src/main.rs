@@ -504,6 +504,20 @@ async fn run_provider(
             "--dev without TLS serves plain http, so it listens on loopback only (got {listen})"
         );
     }
+    if let Some(issuer) = &issuer {
+        let policy = if dev {
+            interop_enlist::UrlPolicy::DevLoopbackHttp
+        } else {
+            interop_enlist::UrlPolicy::HttpsOnly
+        };
+        if let Err(problem) = policy.check(issuer) {
+            anyhow::bail!(
+                "--issuer {issuer} is not acceptable to a gatekeeper ({problem:?}): outside --dev \
+                 it must be an https URL at a public DNS name or address (--dev also accepts \
+                 loopback URLs)"
+            );
+        }
+    }
     if issuer.is_none() && !dev {
         anyhow::bail!(
             "pass --issuer: the https URL the gatekeeper and clients reach this provider at \
