@@ -6,7 +6,7 @@
 //! | `GET /admin/providers` | every provider (push secrets omitted) |
 //! | `PUT /admin/providers/{integrator_id}` + JSON | add or replace; `400` with the reason when a field is invalid |
 //! | `POST /admin/providers/{integrator_id}/disable` and `/enable` | the kill switch |
-//! | `GET /healthz` | `200 {"status":"ok"}` while the store answers, else `503` |
+//! | `GET /healthz` | `200 {"status":"ok"}` while the store (and, on a cluster node, Redis: `"redis":"ok"`) answers, else `503` with `storage-unavailable` or `redis-unavailable` |
 //!
 //! Every change is stored first, then handed to the change hook, which applies it to the live
 //! gatekeeper (JWKS registry, media proxy, push targets): a disabled provider's users are
@@ -34,6 +34,16 @@ pub const RESERVED_INTEGRATOR: &str = "gatekeeper";
 /// Called with every provider after it changed.
 pub type ProviderHook = Arc<dyn Fn(&ProviderRecord) + Send + Sync>;
 
+/// A dependency `/healthz` checks besides the store: its name and a check (`Err`: why not).
+pub type HealthCheck = (
+    &'static str,
+    Arc<
+        dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
 /// Settings of the admin API.
 #[derive(Clone)]
 pub struct AdminConfig {
@@ -53,6 +63,7 @@ struct AdminState<S> {
     store: Arc<S>,
     config: AdminConfig,
     hook: ProviderHook,
+    health: Option<HealthCheck>,
 }
 
 impl<S> Clone for AdminState<S> {
@@ -61,6 +72,7 @@ impl<S> Clone for AdminState<S> {
             store: Arc::clone(&self.store),
             config: self.config.clone(),
             hook: Arc::clone(&self.hook),
+            health: self.health.clone(),
         }
     }
 }
@@ -71,6 +83,16 @@ pub fn router<S: ProviderStore>(
     config: AdminConfig,
     hook: ProviderHook,
 ) -> axum::Router {
+    router_with_health(store, config, hook, None)
+}
+
+/// The admin routes, with `/healthz` also checking `health` (a cluster node: Redis).
+pub fn router_with_health<S: ProviderStore>(
+    store: Arc<S>,
+    config: AdminConfig,
+    hook: ProviderHook,
+    extra_health: Option<HealthCheck>,
+) -> axum::Router {
     axum::Router::new()
         .route("/admin/providers", get(list::<S>))
         .route("/admin/providers/{integrator}", put(upsert::<S>))
@@ -78,7 +100,7 @@ pub fn router<S: ProviderStore>(
         .route("/admin/providers/{integrator}/enable", post(enable::<S>))
         .route("/healthz", get(health::<S>))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
-        .with_state(AdminState { store, config, hook })
+        .with_state(AdminState { store, config, hook, health: extra_health })
 }
 
 fn problem(status: StatusCode, code: &str, detail: Option<&str>) -> Response {
@@ -282,9 +304,17 @@ async fn enable<S: ProviderStore>(
 }
 
 async fn health<S: ProviderStore>(State(s): State<AdminState<S>>) -> Response {
-    match s.store.providers().await {
-        Ok(_) => Json(json!({ "status": "ok" })).into_response(),
-        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable", None),
+    if s.store.providers().await.is_err() {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable", None);
+    }
+    match &s.health {
+        None => Json(json!({ "status": "ok" })).into_response(),
+        Some((name, check)) => match check().await {
+            Ok(()) => Json(json!({ "status": "ok", *name: "ok" })).into_response(),
+            Err(_) => {
+                problem(StatusCode::SERVICE_UNAVAILABLE, &format!("{name}-unavailable"), None)
+            }
+        },
     }
 }
 

@@ -19,6 +19,14 @@
 //! - A device with no live session gets a wake-up through the offline hook (push).
 //! - Chat states are live only, never stored.
 //! - One live session per device: a new one closes the old one with `conflict`.
+//!
+//! Several nodes ([`crate::cluster`], when the gatekeeper has a `redis_url`): each node keeps
+//! its own sessions here; a copy stored for a device live on another node is announced to that
+//! node (Redis pub/sub), whose session then reads it from the shared store, so delivery stays
+//! "from the store, in sequence order" and a lost announcement only delays it (every node
+//! re-reads its live sessions' queues every few seconds). A device is live on one node of the
+//! cluster at a time (a lease with a fencing token); a session that lost its lease writes
+//! nothing more ([`Handled::Stale`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -32,6 +40,7 @@ use interop_stanza::{Node, binary};
 use tokio::sync::{Notify, mpsc};
 
 use crate::address::Jid;
+use crate::cluster::Cluster;
 use crate::store::{
     AccountKind, AccountStore, DeviceAddress, MessageStore, Queued, Submission, SubmitOutcome,
 };
@@ -73,12 +82,123 @@ pub enum Handled {
     Replies(Vec<Node>),
     /// Not a chat stanza (iq and others): another service handles it.
     NotMine(Node),
+    /// Cluster mode: this session no longer holds its device's lease (a newer login elsewhere
+    /// took it); the stanza was refused and the connection must close with `conflict`.
+    Stale,
 }
 
 struct Live {
     id: u64,
     nudge: Arc<Notify>,
     tx: mpsc::Sender<Outbound>,
+    /// Cluster mode: the fencing token of this session's device lease (`None`: not leased, e.g.
+    /// Redis was unreachable at login; the heartbeat takes the lease when it can).
+    lease: Option<u64>,
+}
+
+/// This node's live sessions, by device. The chat core and the cluster layer
+/// ([`crate::cluster`]) share it: the cluster layer nudges sessions on behalf of other nodes,
+/// refreshes their leases and closes the ones whose lease another node took.
+#[derive(Default)]
+pub struct LiveSessions {
+    map: Mutex<HashMap<DeviceAddress, Live>>,
+}
+
+impl std::fmt::Debug for LiveSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSessions").field("live", &self.len()).finish()
+    }
+}
+
+/// A live session as the cluster layer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveEntry {
+    pub device: DeviceAddress,
+    pub id: u64,
+    pub lease: Option<u64>,
+}
+
+impl LiveSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceAddress, Live>> {
+        self.map.lock().expect("live lock is never poisoned")
+    }
+
+    /// How many sessions are live on this node.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no session is live on this node.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Wakes `device`'s session (it reads its queue). False if it has none here.
+    pub(crate) fn nudge(&self, device: &DeviceAddress) -> bool {
+        match self.lock().get(device) {
+            Some(l) => {
+                l.nudge.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Wakes every session: each reads its queue again.
+    pub(crate) fn nudge_all(&self) {
+        for l in self.lock().values() {
+            l.nudge.notify_one();
+        }
+    }
+
+    /// Every live session with its lease.
+    pub(crate) fn snapshot(&self) -> Vec<LiveEntry> {
+        self.lock()
+            .iter()
+            .map(|(d, l)| LiveEntry { device: d.clone(), id: l.id, lease: l.lease })
+            .collect()
+    }
+
+    /// Records the lease of session `id` (if it is still the device's live session).
+    pub(crate) fn set_lease(&self, device: &DeviceAddress, id: u64, token: u64) {
+        if let Some(l) = self.lock().get_mut(device).filter(|l| l.id == id) {
+            l.lease = Some(token);
+        }
+    }
+
+    /// The lease of session `id`: `None` when it is no longer the device's live session here.
+    pub(crate) fn lease_of(&self, device: &DeviceAddress, id: u64) -> Option<Option<u64>> {
+        self.lock().get(device).filter(|l| l.id == id).map(|l| l.lease)
+    }
+
+    /// Tells `device`'s session to close with `condition` when `which` holds for it, and
+    /// forgets it at once: from now on the device is not live here (copies for it are routed
+    /// to where it is), even while the connection is still closing.
+    pub(crate) fn close_if(
+        &self,
+        device: &DeviceAddress,
+        condition: StreamCondition,
+        which: impl Fn(u64, Option<u64>) -> bool,
+    ) -> bool {
+        let mut live = self.lock();
+        if !live.get(device).is_some_and(|l| which(l.id, l.lease)) {
+            return false;
+        }
+        if let Some(l) = live.remove(device) {
+            // The connection may be stuck; it learns on its next `next`.
+            let _ = l.tx.try_send(Outbound::Close(condition));
+            l.nudge.notify_one();
+        }
+        true
+    }
+
+    /// Tells every live session of `account` to close with `condition`.
+    pub(crate) fn close_account(&self, account: &str, condition: StreamCondition) {
+        for (_, l) in self.lock().iter().filter(|(d, _)| d.account == account) {
+            let _ = l.tx.try_send(Outbound::Close(condition));
+            l.nudge.notify_one();
+        }
+    }
 }
 
 /// One device's live session.
@@ -109,9 +229,10 @@ impl std::fmt::Debug for Session {
 pub struct Chat<S> {
     store: Arc<S>,
     config: ChatConfig,
-    live: Mutex<HashMap<DeviceAddress, Live>>,
+    live: Arc<LiveSessions>,
     next_id: AtomicU64,
     offline: Option<OfflineHook>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl<S> std::fmt::Debug for Chat<S> {
@@ -154,7 +275,30 @@ pub(crate) async fn may_reach(
 impl<S: MessageStore + AccountStore> Chat<S> {
     /// A chat core over `store`.
     pub fn new(store: Arc<S>, config: ChatConfig, offline: Option<OfflineHook>) -> Self {
-        Self { store, config, live: Mutex::default(), next_id: AtomicU64::new(1), offline }
+        Self::clustered(store, config, offline, Arc::default(), None)
+    }
+
+    /// A chat core that is one node of a cluster: `live` is the registry `cluster` was
+    /// connected with. Devices live elsewhere are reached through `cluster`; without it this is
+    /// [`Chat::new`] (no Redis at all).
+    pub fn clustered(
+        store: Arc<S>,
+        config: ChatConfig,
+        offline: Option<OfflineHook>,
+        live: Arc<LiveSessions>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
+        Self { store, config, live, next_id: AtomicU64::new(1), offline, cluster }
+    }
+
+    /// The cluster layer, when this node is part of one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// This node's live sessions.
+    pub fn live_sessions(&self) -> &Arc<LiveSessions> {
+        &self.live
     }
 
     /// The store.
@@ -164,7 +308,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
 
     /// Whether `device` has a live session.
     pub fn is_live(&self, device: &DeviceAddress) -> bool {
-        self.live.lock().expect("live lock is never poisoned").contains_key(device)
+        self.live.lock().contains_key(device)
     }
 
     /// Starts the live session of an authenticated device. A session the device already had is
@@ -179,13 +323,17 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             (identity.kind == AccountKind::Interop).then_some(identity.integrator.as_str());
         let jid = Jid::device(&device, integrator.filter(|i| !i.is_empty()));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Cluster mode: take the device's lease (a session on another node is told to close).
+        let lease = match &self.cluster {
+            Some(c) => c.acquire(&device).await,
+            None => None,
+        };
         let nudge = Arc::new(Notify::new());
         let (tx, live) = mpsc::channel(self.config.live_buffer.max(1));
         let old = self
             .live
             .lock()
-            .expect("live lock is never poisoned")
-            .insert(device.clone(), Live { id, nudge: Arc::clone(&nudge), tx });
+            .insert(device.clone(), Live { id, nudge: Arc::clone(&nudge), tx, lease });
         if let Some(old) = old {
             // The old connection may be stuck; it learns on its next `next`.
             let _ = old.tx.try_send(Outbound::Close(StreamCondition::Conflict));
@@ -207,19 +355,25 @@ impl<S: MessageStore + AccountStore> Chat<S> {
 
     /// Ends a session (its connection closed). Nothing is lost: unacked copies stay queued.
     pub fn disconnect(&self, session: &Session) {
-        let mut live = self.live.lock().expect("live lock is never poisoned");
-        if live.get(&session.device).is_some_and(|l| l.id == session.id) {
-            live.remove(&session.device);
+        let removed = {
+            let mut live = self.live.lock();
+            match live.get(&session.device) {
+                Some(l) if l.id == session.id => live.remove(&session.device),
+                _ => None,
+            }
+        };
+        if let (Some(cluster), Some(Live { lease: Some(token), .. })) = (&self.cluster, removed) {
+            cluster.release(&session.device, token);
         }
     }
 
     /// Tells every live session of `account` to close with `condition` (the account was
     /// deleted, or its provider disabled).
+    /// In a cluster, every node's sessions of the account are told.
     pub fn close_account(&self, account: &str, condition: StreamCondition) {
-        let live = self.live.lock().expect("live lock is never poisoned");
-        for (_, l) in live.iter().filter(|(d, _)| d.account == account) {
-            let _ = l.tx.try_send(Outbound::Close(condition));
-            l.nudge.notify_one();
+        self.live.close_account(account, condition);
+        if let Some(cluster) = &self.cluster {
+            cluster.broadcast_close_account(account, condition);
         }
     }
 
@@ -284,6 +438,20 @@ impl<S: MessageStore + AccountStore> Chat<S> {
 
     /// Handles one stanza from the session's device.
     pub async fn handle(&self, session: &mut Session, node: Node, now_ms: i64) -> Result<Handled> {
+        if let Some(cluster) = &self.cluster
+            && matches!(node.tag.as_str(), "message" | "receipt" | "ack")
+        {
+            // Fencing: a session whose lease another node took writes nothing more.
+            match self.live.lease_of(&session.device, session.id) {
+                None => return Ok(Handled::Stale),
+                Some(Some(token)) if !cluster.holds(&session.device, token).await => {
+                    let id = session.id;
+                    self.live.close_if(&session.device, StreamCondition::Conflict, |s, _| s == id);
+                    return Ok(Handled::Stale);
+                }
+                Some(_) => {}
+            }
+        }
         match node.tag.as_str() {
             "message" => {
                 Ok(Handled::Replies(vec![self.message(session, node, now_ms).await?.into_node()]))
@@ -448,18 +616,14 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     }
 
     /// Nudges live sessions of `devices`; hands the others to the offline hook.
+    /// In a cluster, devices not live here are handed to the cluster layer, which nudges the
+    /// node that holds them or wakes them when none does.
     fn notify(&self, devices: &[DeviceAddress]) {
-        let mut offline = Vec::new();
-        {
-            let live = self.live.lock().expect("live lock is never poisoned");
-            for d in devices {
-                match live.get(d) {
-                    Some(l) => l.nudge.notify_one(),
-                    None => offline.push(d.clone()),
-                }
-            }
-        }
-        if let Some(hook) = &self.offline {
+        let offline: Vec<DeviceAddress> =
+            devices.iter().filter(|d| !self.live.nudge(d)).cloned().collect();
+        if let Some(cluster) = &self.cluster {
+            cluster.route(offline);
+        } else if let Some(hook) = &self.offline {
             for d in offline {
                 hook(d);
             }
@@ -507,7 +671,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         state.to = None;
         state.from = Some(session.jid.to_string());
         let bytes = binary::encode(&state.into_node())?;
-        let live = self.live.lock().expect("live lock is never poisoned");
+        let live = self.live.lock();
         for (device, l) in live.iter().filter(|(d, _)| d.account == to.account) {
             if *device != session.device {
                 // Live only: a full buffer drops it.
@@ -576,6 +740,7 @@ mod tests {
         match chat.handle(s, node, 1_000).await.unwrap() {
             Handled::Replies(mut r) => Ack::from_node(r.remove(0)).unwrap(),
             Handled::NotMine(n) => panic!("not handled: {n:?}"),
+            Handled::Stale => panic!("stale without a cluster"),
         }
     }
 

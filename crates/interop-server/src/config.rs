@@ -10,6 +10,8 @@
 //! audience = "gatekeeper"
 //! public_http_url = "https://media.gatekeeper.example"
 //! # database_url = "postgres://gk@db/interop"   # default: SQLite in data_dir
+//! # redis_url = "redis://127.0.0.1:6379/"      # several nodes: needs database_url
+//! # node_id = "gk-1"                            # default: random per start
 //! idle_timeout_secs = 300
 //! log_format = "json"
 //!
@@ -102,6 +104,11 @@ pub struct FileConfig {
     pub public_http_url: Option<String>,
     /// PostgreSQL URL; absent: SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Redis URL: this node is one of several sharing `database_url` (leases, hand-off
+    /// between nodes, cluster-wide rate limits). Absent: a single node, no Redis.
+    pub redis_url: Option<String>,
+    /// This node's id in the cluster (default: random at each start).
+    pub node_id: Option<String>,
     /// Idle timeout of chat connections.
     pub idle_timeout_secs: Option<u64>,
     /// Handshake timeout.
@@ -145,6 +152,8 @@ impl FileConfig {
             "DEV",
             "PUBLIC_HTTP_URL",
             "DATABASE_URL",
+            "REDIS_URL",
+            "NODE_ID",
             "IDLE_TIMEOUT_SECS",
             "HANDSHAKE_TIMEOUT_SECS",
             "MAX_UNAUTHENTICATED_PER_IP",
@@ -182,5 +191,19 @@ mod tests {
         let err = FileConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
         assert!(FileConfig::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn cluster_keys_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gk.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://gk@db/interop\"\nredis_url = \"redis://r:6379/\"\nnode_id = \"gk-1\"\n",
+        )
+        .unwrap();
+        let c = FileConfig::load(Some(&path)).unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://r:6379/"));
+        assert_eq!(c.node_id.as_deref(), Some("gk-1"));
     }
 }

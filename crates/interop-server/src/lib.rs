@@ -13,6 +13,7 @@
 pub mod address;
 pub mod admin;
 pub mod chat;
+pub mod cluster;
 pub mod check;
 pub mod config;
 pub mod dev;

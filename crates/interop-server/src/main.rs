@@ -291,6 +291,21 @@ async fn main() -> anyhow::Result<()> {
             if let Some(n) = file.native_messages_per_minute {
                 gk.native_messages_per_minute = n.max(1);
             }
+            if let Some(redis_url) = &file.redis_url {
+                if file.database_url.is_none() {
+                    anyhow::bail!(
+                        "redis_url is set but database_url is not: the nodes of a cluster share \
+                         one PostgreSQL database (set database_url, or remove redis_url for a \
+                         single SQLite node)"
+                    );
+                }
+                let cluster = interop_server::cluster::ClusterConfig::new(
+                    redis_url.clone(),
+                    file.node_id.clone(),
+                );
+                tracing::info!(node = %cluster.node_id, "cluster node");
+                gk.cluster = Some(cluster);
+            }
             match &file.database_url {
                 Some(url) => {
                     let store = Arc::new(
@@ -298,7 +313,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                     let gatekeeper = Gatekeeper::bind_with_store(gk, store)
                         .await
-                        .context("starting the gatekeeper")?;
+                        .context("starting the gatekeeper (Redis, when redis_url is set)")?;
                     serve_gatekeeper(gatekeeper, &file).await?;
                 }
                 None => {

@@ -456,7 +456,7 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
         }
         if node.tag == "message" {
             let issuer = auth.identity.as_ref().map(|i| i.issuer.as_str());
-            if !shared.message_allowed(issuer, &s.device.account) {
+            if !shared.message_allowed(issuer, &s.device.account).await {
                 metrics::counter!("interop_messages_total", "outcome" => "rate-limited")
                     .increment(1);
                 let id = node.attr("id").unwrap_or_default().to_owned();
@@ -495,6 +495,11 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
             }
             Handled::NotMine(_) => {
                 Ok(Flow::Close(StreamCondition::UnsupportedStanzaType, "unknown stanza"))
+            }
+            Handled::Stale => {
+                metrics::counter!("interop_stanzas_refused_total", "reason" => "stale_lease")
+                    .increment(1);
+                Ok(Flow::Close(StreamCondition::Conflict, "replaced by a newer connection"))
             }
         }
     }

@@ -12,7 +12,7 @@ use axum::routing::get;
 use interop_enlist::UrlPolicy;
 
 use super::{GatekeeperStore, Shared};
-use crate::admin::{self, AdminConfig, ProviderHook};
+use crate::admin::{self, AdminConfig, HealthCheck, ProviderHook};
 use crate::media::{self, Authorize};
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -27,11 +27,25 @@ pub(super) fn router<S: GatekeeperStore>(
     let hook_shared = Arc::clone(&shared);
     let hook: ProviderHook = Arc::new(move |record| {
         hook_shared.apply_provider(record);
+        if let Some(cluster) = hook_shared.chat.cluster() {
+            cluster.broadcast_provider_changed(&record.entry.issuer);
+        }
         if !record.entry.enabled {
             tracing::info!("provider disabled: its sessions end at their next token check");
         }
     });
-    let admin = admin::router(
+    let health: Option<HealthCheck> = shared.chat.cluster().map(|cluster| {
+        let cluster = Arc::clone(cluster);
+        let check: HealthCheck = (
+            "redis",
+            Arc::new(move || {
+                let cluster = Arc::clone(&cluster);
+                Box::pin(async move { cluster.health().await })
+            }),
+        );
+        check
+    });
+    let admin = admin::router_with_health(
         Arc::clone(&shared.store),
         AdminConfig {
             token: shared.config.admin_token.clone(),
@@ -42,6 +56,7 @@ pub(super) fn router<S: GatekeeperStore>(
             },
         },
         hook,
+        health,
     );
     let auth_shared = Arc::clone(&shared);
     let authorize: Authorize = Arc::new(move |headers: HeaderMap| {

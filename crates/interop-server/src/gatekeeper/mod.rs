@@ -13,6 +13,8 @@
 //! ```
 //!
 //! The storage backend is a type parameter ([`GatekeeperStore`]); SQLite is the default.
+//! With [`GatekeeperConfig::cluster`] (PostgreSQL only) the node joins a cluster through Redis
+//! ([`crate::cluster`]): leases, hand-off of deliveries between nodes, cluster-wide rate limits.
 
 mod conn;
 mod enlist;
@@ -35,7 +37,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::chat::{Chat, ChatConfig, OfflineHook};
+use crate::chat::{Chat, ChatConfig, LiveSessions, OfflineHook};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::iq::{IqLimits, IqService};
 use crate::media::{BlobStore, MediaProxy};
 use crate::outbound::{OutboundClient, OutboundConfig};
@@ -94,6 +97,9 @@ pub struct GatekeeperConfig {
     /// Where native verification codes go: called with (identifier, code). Stands in for an
     /// SMS gateway; `None` with `dev` prints them on standard output.
     pub code_sink: Option<CodeSink>,
+    /// Several nodes on one PostgreSQL database: the Redis side of the cluster (leases,
+    /// hand-off, cluster-wide rate limits). `None`: a single node, no Redis calls at all.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Receives native verification codes (identifier, code).
@@ -131,6 +137,7 @@ impl GatekeeperConfig {
             media_token_ttl: Duration::from_secs(3600),
             native_messages_per_minute: 600,
             code_sink: None,
+            cluster: None,
         }
     }
 }
@@ -264,7 +271,9 @@ impl<S: GatekeeperStore> Shared<S> {
     /// Takes one message from `account`'s allowance: its provider's `messages_per_minute`
     /// quota (burst of a tenth of a minute's worth, at least 10), or for native accounts
     /// [`GatekeeperConfig::native_messages_per_minute`].
-    pub(crate) fn message_allowed(&self, issuer: Option<&str>, account: &str) -> bool {
+    /// In a cluster the allowance is cluster-wide (a token bucket in Redis); while Redis is
+    /// unreachable each node falls back to its own limiter.
+    pub(crate) async fn message_allowed(&self, issuer: Option<&str>, account: &str) -> bool {
         let (key, per_minute) = match issuer {
             Some(i) => {
                 let quota = self
@@ -277,6 +286,13 @@ impl<S: GatekeeperStore> Shared<S> {
             }
             None => (String::new(), self.config.native_messages_per_minute),
         };
+        if let Some(cluster) = self.chat.cluster() {
+            let burst = (f64::from(per_minute) / 10.0).max(10.0);
+            let bucket = format!("msg:{}:{account}", if key.is_empty() { "native" } else { &key });
+            if let Some(allowed) = cluster.allow(&bucket, f64::from(per_minute), burst).await {
+                return allowed;
+            }
+        }
         let limiter = {
             let mut limits = self.message_limits.lock().expect("limits lock");
             let rate = Rate {
@@ -358,6 +374,13 @@ const OFFLINE_QUEUE: usize = 10_000;
 impl Gatekeeper<SqliteStore> {
     /// Opens the SQLite database `gatekeeper.db` in the data directory and binds.
     pub async fn bind(config: GatekeeperConfig) -> Result<Self> {
+        if config.cluster.is_some() {
+            return Err(crate::Error::Config(
+                "redis_url needs database_url: the nodes of a cluster share one PostgreSQL \
+                 database (SQLite is single-node)"
+                    .into(),
+            ));
+        }
         std::fs::create_dir_all(&config.data_dir)?;
         let store = Arc::new(
             SqliteStore::open(&config.data_dir.join("gatekeeper.db"), config.queue).await?,
@@ -400,9 +423,22 @@ impl<S: GatekeeperStore> Gatekeeper<S> {
         };
         let blobs =
             Arc::new(BlobStore::open(config.data_dir.join("media"), HostLimits::default())?);
+        let live = Arc::new(LiveSessions::default());
+        let cluster = match &config.cluster {
+            Some(c) => {
+                Some(Cluster::connect(c.clone(), Arc::clone(&live), Some(Arc::clone(&hook))).await?)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             noise: ServerConfig::new(identity.keys.clone(), identity.chain.clone()),
-            chat: Chat::new(Arc::clone(&store), config.chat.clone(), Some(hook)),
+            chat: Chat::clustered(
+                Arc::clone(&store),
+                config.chat.clone(),
+                Some(hook),
+                live,
+                cluster.clone(),
+            ),
             iq: IqService::new(config.iq),
             store,
             registry: Mutex::new(Registry::new(registry_config)),
@@ -427,6 +463,24 @@ impl<S: GatekeeperStore> Gatekeeper<S> {
         });
         for record in shared.store.providers().await? {
             shared.apply_provider(&record);
+        }
+        if let Some(cluster) = &cluster {
+            // Another node changed a provider (admin API): reload it from the shared store.
+            let weak = Arc::downgrade(&shared);
+            cluster.on_provider_changed(Arc::new(move |issuer: String| {
+                let Some(shared) = weak.upgrade() else { return };
+                tokio::spawn(async move {
+                    match shared.store.providers().await {
+                        Ok(all) => {
+                            for r in all.iter().filter(|r| r.entry.issuer == issuer) {
+                                shared.apply_provider(r);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cluster: provider reload failed"),
+                    }
+                });
+            }));
+            cluster.start(&shared.shutdown);
         }
         // One recorder per process; a second gatekeeper in the same process (tests) has none.
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
@@ -462,7 +516,15 @@ impl<S: GatekeeperStore> Gatekeeper<S> {
     pub async fn upsert_provider(&self, record: &ProviderRecord) -> Result<()> {
         self.shared.store.upsert_provider(record, now_ms()).await?;
         self.shared.apply_provider(record);
+        if let Some(cluster) = self.shared.chat.cluster() {
+            cluster.broadcast_provider_changed(&record.entry.issuer);
+        }
         Ok(())
+    }
+
+    /// This node's id in the cluster (`None`: a single node).
+    pub fn node_id(&self) -> Option<&str> {
+        self.shared.chat.cluster().map(|c| c.node_id())
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every connection with

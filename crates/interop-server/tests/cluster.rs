@@ -1,0 +1,1010 @@
+//! Several gatekeeper nodes in-process on one PostgreSQL database and one Redis (issue 13).
+//!
+//! Each node runs on a tokio runtime of its own, so that a test can stop one abruptly
+//! (`Runtime::shutdown_background`: its sockets, database and Redis connections vanish without
+//! a `stream:error`, a lease release or a committed transaction, as in a crash). Clients are
+//! native users registered over the enlistment iqs, speaking Noise + binary stanzas through
+//! `interop_noise::tokio::connect` directly.
+//!
+//! Services: `cargo xtask services up` (or `INTEROP_TEST_DATABASE_URL` and
+//! `INTEROP_TEST_REDIS_URL`). Without them the tests skip, unless `INTEROP_REQUIRE_SERVICES=1`,
+//! under which they fail. The Redis-restart test starts a `redis-server` of its own.
+//! Every wait has a time limit; the only sleeps are polling intervals while waiting for a
+//! condition that has no event (a health endpoint turning, a key reappearing).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use interop_enlist::enlist::{Address, KeyBundle, Prekey, Request, Response, SignedPrekey};
+use interop_noise::proto::{ClientPayload, Product};
+use interop_noise::tokio::NoiseStream;
+use interop_noise::{ClientConfig, StaticKeypair, TrustAnchor};
+use interop_server::chat::LiveSessions;
+use interop_server::cluster::{Cluster, ClusterConfig};
+use interop_server::gatekeeper::{CodeSink, Gatekeeper, GatekeeperConfig};
+use interop_server::store::QueueLimits;
+use interop_server::store::postgres::PgStore;
+use interop_stanza::Node;
+use interop_stanza::binary::Codec;
+use interop_stanza::stanza::{
+    Ack, AckClass, Enc, EncType, Message, MessageType, Participant, StreamCondition, StreamError,
+};
+use rand::SeedableRng;
+use sqlx::Connection;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait may take before the test fails.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+// --- services ----------------------------------------------------------------------------------
+
+fn required() -> bool {
+    std::env::var("INTEROP_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// The directory cargo builds into: `CARGO_TARGET_DIR`, else the workspace root's `target/`.
+fn target_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .ancestors()
+        .find(|d| {
+            std::fs::read_to_string(d.join("Cargo.toml"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .unwrap_or(manifest);
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// (PostgreSQL admin URL, Redis URL) from the environment or `services.env`; `None`: skip.
+fn services() -> Option<(String, String)> {
+    let env_file = target_dir().join("services").join("services.env");
+    let text = std::fs::read_to_string(&env_file).unwrap_or_default();
+    let from = |var: &str, key: &str| {
+        std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| text.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned())))
+    };
+    let db = from("INTEROP_TEST_DATABASE_URL", "DATABASE_URL=");
+    let redis = from("INTEROP_TEST_REDIS_URL", "REDIS_URL=");
+    match (db, redis) {
+        (Some(db), Some(redis)) => Some((db, redis)),
+        _ => {
+            assert!(
+                !required(),
+                "INTEROP_REQUIRE_SERVICES=1 but no PostgreSQL and Redis: run `cargo xtask \
+                 services up` (no {})",
+                env_file.display()
+            );
+            eprintln!("skipped: no PostgreSQL and Redis (run `cargo xtask services up`)");
+            None
+        }
+    }
+}
+
+/// A database of its own for one test, dropped when this is dropped.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create(admin_url: &str) -> Option<Self> {
+        let mut admin = match sqlx::PgConnection::connect(admin_url).await {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    !required(),
+                    "INTEROP_REQUIRE_SERVICES=1 but PostgreSQL is unreachable: {e}"
+                );
+                eprintln!(
+                    "skipped: PostgreSQL is unreachable ({e}); run `cargo xtask services up`"
+                );
+                return None;
+            }
+        };
+        let name = format!("cluster_{}", hex::encode(rand::random::<[u8; 8]>()));
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let _ = admin.close().await;
+        let mut url = url::Url::parse(admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        Some(Self { admin_url: admin_url.to_owned(), name, url: url.into() })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot block on itself: use another.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn redis_answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else { return false };
+    let ping = async {
+        let mut c = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)))
+}
+
+// --- nodes ---------------------------------------------------------------------------------------
+
+/// Cluster timings for tests: short, so that lost messages are found quickly.
+#[derive(Clone, Copy)]
+struct Timing {
+    heartbeat: Duration,
+    lease_ttl: Duration,
+    recheck: Duration,
+}
+
+impl Timing {
+    /// A re-check so slow that a prompt delivery can only come from the hand-off.
+    fn handoff_only() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(3),
+            recheck: Duration::from_secs(120),
+        }
+    }
+
+    /// Everything fast: for failures.
+    fn fast() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(300),
+            lease_ttl: Duration::from_secs(2),
+            recheck: Duration::from_millis(400),
+        }
+    }
+}
+
+/// One database, one Redis, a shared data directory (the nodes share the server identity, as
+/// nodes behind one load balancer do), and the nodes started on them.
+struct World {
+    db: TestDb,
+    redis_url: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+    codes: Arc<Mutex<HashMap<String, String>>>,
+    timing: Timing,
+    messages_per_minute: u32,
+    root: Mutex<Option<[u8; 32]>>,
+}
+
+/// A running node; `kill` stops it abruptly.
+struct NodeHandle {
+    rt: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    http: SocketAddr,
+    id: String,
+    stop: CancellationToken,
+}
+
+impl NodeHandle {
+    /// Stops the node without any graceful step: every task, socket and connection is dropped.
+    fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.kill();
+    }
+}
+
+async fn world(redis_url: Option<String>, timing: Timing) -> Option<World> {
+    init_tracing();
+    let (db_url, shared_redis) = services()?;
+    let redis_url = redis_url.unwrap_or(shared_redis);
+    if !redis_answers(&redis_url).await {
+        assert!(!required(), "INTEROP_REQUIRE_SERVICES=1 but Redis at {redis_url} does not answer");
+        eprintln!("skipped: Redis does not answer; run `cargo xtask services up`");
+        return None;
+    }
+    let db = TestDb::create(&db_url).await?;
+    Some(World {
+        db,
+        redis_url,
+        prefix: format!("test-{}:", hex::encode(rand::random::<[u8; 6]>())),
+        dir: tempfile::tempdir().unwrap(),
+        codes: Arc::default(),
+        timing,
+        messages_per_minute: 6000,
+        root: Mutex::new(None),
+    })
+}
+
+impl World {
+    async fn node(&self, name: &str) -> NodeHandle {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("node-{name}"))
+            .enable_all()
+            .build()
+            .unwrap();
+        let sink_codes = Arc::clone(&self.codes);
+        let sink: CodeSink = Arc::new(move |identifier: &str, code: &str| {
+            sink_codes.lock().unwrap().insert(identifier.to_owned(), code.to_owned());
+        });
+        let mut config =
+            GatekeeperConfig::new("127.0.0.1:0".parse().unwrap(), self.dir.path().to_path_buf());
+        config.dev = true;
+        config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.code_sink = Some(sink);
+        config.native_messages_per_minute = self.messages_per_minute;
+        let mut cluster = ClusterConfig::new(self.redis_url.clone(), Some(format!("gk-{name}")));
+        cluster.key_prefix.clone_from(&self.prefix);
+        cluster.heartbeat = self.timing.heartbeat;
+        cluster.lease_ttl = self.timing.lease_ttl;
+        cluster.recheck = self.timing.recheck;
+        cluster.command_timeout = Duration::from_millis(800);
+        config.cluster = Some(cluster);
+        let stop = CancellationToken::new();
+        let url = self.db.url.clone();
+        let run_stop = stop.clone();
+        let started = rt.spawn(async move {
+            let store = Arc::new(PgStore::connect(&url, QueueLimits::default()).await?);
+            let gk = Gatekeeper::bind_with_store(config, store).await?;
+            let info = (
+                gk.local_addr()?,
+                gk.http_addr()?.unwrap(),
+                gk.root_key(),
+                gk.node_id().unwrap().to_owned(),
+            );
+            tokio::spawn(gk.run(run_stop.cancelled_owned()));
+            Ok::<_, interop_server::Error>(info)
+        });
+        let (addr, http, root, id) = started.await.unwrap().unwrap();
+        let mut known = self.root.lock().unwrap();
+        assert!(known.is_none_or(|r| r == root), "the nodes share one server identity");
+        *known = Some(root);
+        NodeHandle { rt: Some(rt), addr, http, id, stop }
+    }
+
+    fn root(&self) -> [u8; 32] {
+        self.root.lock().unwrap().expect("a node started")
+    }
+
+    async fn connect(&self, node: &NodeHandle, keys: &StaticKeypair) -> Client {
+        Client::connect(node.addr, self.root(), keys).await.expect("connects")
+    }
+
+    /// A native user registered through `node`: (device key, connection, address).
+    async fn native(&self, node: &NodeHandle, identifier: &str, seed: u8) -> User {
+        let keys = StaticKeypair::generate(&mut rand::rngs::StdRng::from_os_rng());
+        let mut c = self.connect(node, &keys).await;
+        let sent = c.enlist_iq(Request::Register { identifier: identifier.into() }).await;
+        assert!(matches!(sent, Response::CodeSent { .. }), "{sent:?}");
+        let code = self.codes.lock().unwrap().get(identifier).cloned().expect("a code was sent");
+        let confirmed = c
+            .enlist_iq(Request::Confirm {
+                identifier: identifier.into(),
+                code,
+                keys: key_bundle(seed),
+            })
+            .await;
+        let Response::Registered { address } = confirmed else { panic!("{confirmed:?}") };
+        User { keys, address, client: Some(c) }
+    }
+
+    /// The Redis key of a device's lease.
+    fn lease_key(&self, a: &Address) -> String {
+        format!("{}lease:{}:{}", self.prefix, a.account, a.device)
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+struct User {
+    keys: StaticKeypair,
+    address: Address,
+    client: Option<Client>,
+}
+
+impl User {
+    fn jid(&self) -> String {
+        format!("{}@s.interop", self.address.account)
+    }
+
+    fn device(&self) -> String {
+        format!("{}:{}@s.interop", self.address.account, self.address.device)
+    }
+
+    fn c(&mut self) -> &mut Client {
+        self.client.as_mut().expect("connected")
+    }
+}
+
+/// Syntactically valid Signal key material (the gatekeeper does not verify signatures).
+fn key_bundle(seed: u8) -> KeyBundle {
+    let ec = |tag: u8| {
+        let mut k = vec![0x05];
+        k.extend([seed ^ tag; 32]);
+        k
+    };
+    let mut kyber = vec![0x08];
+    kyber.extend(vec![seed; 1568]);
+    KeyBundle {
+        identity_key: ec(0x11),
+        registration_id: 1000 + u32::from(seed),
+        signed_prekey: SignedPrekey { id: 1, public: ec(0x22), signature: vec![seed; 64] },
+        kyber_prekey: SignedPrekey { id: 2, public: kyber, signature: vec![seed ^ 0x33; 64] },
+        prekeys: (10..13u8).map(|id| Prekey { id: u32::from(id), public: ec(id) }).collect(),
+    }
+}
+
+/// A message to account `to` with one payload for `device`.
+fn message(id: &str, to: &str, device: &str) -> Node {
+    Message::new(id, MessageType::Text)
+        .to(to)
+        .with_participant(Participant::new(
+            device,
+            Enc::new(EncType::Msg, format!("ciphertext of {id}").into_bytes()),
+        ))
+        .into_node()
+}
+
+// --- clients -------------------------------------------------------------------------------------
+
+/// One client connection, with the stanzas it read but nobody asked for yet.
+struct Client {
+    stream: NoiseStream<TcpStream>,
+    codec: Codec,
+    pending: VecDeque<Node>,
+    next_id: u32,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, root: [u8; 32], keys: &StaticKeypair) -> Option<Self> {
+        let config = ClientConfig::new(keys.clone(), TrustAnchor::new(root).unwrap());
+        let payload = ClientPayload {
+            product: Product::Native as i32,
+            user_agent: "cluster-test".into(),
+            ..Default::default()
+        };
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let handshake = async {
+            let socket = TcpStream::connect(addr).await.ok()?;
+            interop_noise::tokio::connect(socket, &config, &payload, None, now_secs(), &mut rng)
+                .await
+                .ok()
+        };
+        let (stream, _) = tokio::time::timeout(TIMEOUT, handshake).await.ok()??;
+        Some(Self { stream, codec: Codec::default(), pending: VecDeque::new(), next_id: 0 })
+    }
+
+    /// Sends; false if the connection is gone.
+    async fn send(&mut self, node: &Node) -> bool {
+        let bytes = self.codec.encode(node).unwrap();
+        self.stream.send(&bytes).await.is_ok()
+    }
+
+    /// The next stanza off the wire; `None` once the connection ended. Fails after [`TIMEOUT`].
+    async fn recv_wire(&mut self) -> Option<Node> {
+        match tokio::time::timeout(TIMEOUT, self.stream.recv()).await.expect("a stanza in time") {
+            Ok(Some(bytes)) => Some(self.codec.decode(&bytes).expect("the server sends stanzas")),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    /// The first stanza (buffered or new) for which `want` holds; `None`: connection ended.
+    async fn try_next_where(&mut self, want: impl Fn(&Node) -> bool) -> Option<Node> {
+        if let Some(i) = self.pending.iter().position(&want) {
+            return self.pending.remove(i);
+        }
+        loop {
+            let node = self.recv_wire().await?;
+            if want(&node) {
+                return Some(node);
+            }
+            self.pending.push_back(node);
+        }
+    }
+
+    async fn next_where(&mut self, what: &str, want: impl Fn(&Node) -> bool) -> Node {
+        match self.try_next_where(want).await {
+            Some(n) => n,
+            None => panic!("connection closed while waiting for {what}"),
+        }
+    }
+
+    async fn next_message(&mut self) -> Message {
+        Message::from_node(self.next_where("a message", |n| n.tag == "message").await).unwrap()
+    }
+
+    /// Sends a message and waits for its ack; `None` if the connection ended first.
+    async fn try_send_message(&mut self, id: &str, to: &str, device: &str) -> Option<Ack> {
+        if !self.send(&message(id, to, device)).await {
+            return None;
+        }
+        let node = self.try_next_where(|n| n.tag == "ack" && n.attr("id") == Some(id)).await?;
+        Some(Ack::from_node(node).unwrap())
+    }
+
+    async fn send_message(&mut self, id: &str, to: &str, device: &str) -> Ack {
+        self.try_send_message(id, to, device).await.expect("the ack, not the end of the connection")
+    }
+
+    /// Acknowledges a received message (after "persisting" it).
+    async fn ack(&mut self, m: &Message) -> bool {
+        let mut ack = Ack::new(m.id.clone(), AckClass::Message);
+        ack.to.clone_from(&m.from);
+        self.send(&ack.into_node()).await
+    }
+
+    async fn enlist_iq(&mut self, request: Request) -> Response {
+        self.next_id += 1;
+        let id = format!("q{}", self.next_id);
+        assert!(self.send(&request.to_node(&id)).await);
+        let answer = self
+            .next_where("an iq answer", |n| n.tag == "iq" && n.attr("id") == Some(id.as_str()))
+            .await;
+        let (got, response) = Response::from_node(&answer).unwrap();
+        assert_eq!(got, id);
+        response
+    }
+
+    /// Reads until a `stream:error`, which must be followed by the end of the connection.
+    async fn stream_error_then_closed(&mut self) -> StreamError {
+        let node = self.next_where("a stream:error", |n| n.tag == "stream:error").await;
+        let error = StreamError::from_node(node).unwrap();
+        assert!(self.recv_wire().await.is_none(), "the connection closes after a stream:error");
+        error
+    }
+
+    /// Half-closes and reads until the server closed its side: by then the server handled
+    /// every stanza sent before and ended the chat session.
+    async fn close(mut self) {
+        let _ = self.stream.shutdown().await;
+        while self.recv_wire().await.is_some() {}
+    }
+
+    /// Whether a ping is answered (the connection is alive and served).
+    async fn ping(&mut self) -> bool {
+        self.next_id += 1;
+        let id = format!("p{}", self.next_id);
+        let ping = Node::new("iq")
+            .with_attr("id", id.as_str())
+            .with_attr("type", "get")
+            .with_attr("xmlns", "ping");
+        if !self.send(&ping).await {
+            return false;
+        }
+        self.try_next_where(|n| n.tag == "iq" && n.attr("id") == Some(id.as_str())).await.is_some()
+    }
+}
+
+async fn healthz(http: SocketAddr) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://{http}/healthz")).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `limit`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// --- tests ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_clear_start_up_error_without_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = ClusterConfig::new(format!("redis://:s3cret-pw@127.0.0.1:{port}/"), None);
+    config.command_timeout = Duration::from_secs(1);
+    let err = Cluster::connect(config, Arc::new(LiveSessions::default()), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("cannot connect to Redis at redis://127.0.0.1:{port}/")),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    // A single SQLite node refuses a Redis configuration: a cluster needs shared storage.
+    let dir = tempfile::tempdir().unwrap();
+    let mut gk = GatekeeperConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    gk.cluster = Some(ClusterConfig::new(format!("redis://127.0.0.1:{port}/"), None));
+    let err = Gatekeeper::bind(gk).await.unwrap_err().to_string();
+    assert!(err.contains("database_url"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_nodes_message_each_other_promptly() {
+    let Some(w) = world(None, Timing::handoff_only()).await else { return };
+    let a = w.node("a").await;
+    let b = w.node("b").await;
+    assert_ne!(a.id, b.id);
+    let mut alice = w.native(&a, "+15550001", 1).await;
+    let mut bob = w.native(&b, "+15550002", 2).await;
+    let (bob_jid, bob_device) = (bob.jid(), bob.device());
+    let (alice_jid, alice_device) = (alice.jid(), alice.device());
+
+    for i in 0..5 {
+        let id = format!("ab{i}");
+        let started = Instant::now();
+        assert_eq!(alice.c().send_message(&id, &bob_jid, &bob_device).await.error, None);
+        let m = bob.c().next_message().await;
+        // The re-check runs every 120 s: only the hand-off delivers this fast.
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!((m.id.as_str(), m.from.as_deref()), (id.as_str(), Some(alice_device.as_str())));
+        assert!(bob.c().ack(&m).await);
+    }
+    assert_eq!(bob.c().send_message("ba0", &alice_jid, &alice_device).await.error, None);
+    let m = alice.c().next_message().await;
+    assert_eq!((m.id.as_str(), m.from.as_deref()), ("ba0", Some(bob_device.as_str())));
+
+    // Both nodes report storage and Redis healthy.
+    for n in [&a, &b] {
+        let (status, body) = healthz(n.http).await;
+        assert_eq!((status, body["redis"].as_str()), (200, Some("ok")), "{body}");
+    }
+    // Each device's lease names the node it is connected to.
+    let mut r = w.redis().await;
+    let lease: String =
+        redis::cmd("GET").arg(w.lease_key(&bob.address)).query_async(&mut r).await.unwrap();
+    assert!(lease.ends_with(&format!("@{}", b.id)), "{lease}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_moving_to_another_node_closes_the_old_session_with_conflict() {
+    let Some(w) = world(None, Timing::handoff_only()).await else { return };
+    let a = w.node("a").await;
+    let b = w.node("b").await;
+    let mut alice = w.native(&a, "+15550011", 1).await;
+    let mut carol = w.native(&a, "+15550012", 3).await;
+    let (alice_jid, alice_device) = (alice.jid(), alice.device());
+
+    // Alice logs in on node B: her session on node A ends with `conflict`.
+    let mut old = alice.client.take().unwrap();
+    alice.client = Some(w.connect(&b, &alice.keys).await);
+    let error = old.stream_error_then_closed().await;
+    assert_eq!(error.condition, StreamCondition::Conflict);
+    // Carol, on node A, reaches her on node B.
+    assert_eq!(carol.c().send_message("c1", &alice_jid, &alice_device).await.error, None);
+    let m = alice.c().next_message().await;
+    assert_eq!(m.id, "c1");
+    assert!(alice.c().ack(&m).await);
+    assert!(alice.c().ping().await, "the new session stays");
+
+    // And back to node A.
+    let mut old = alice.client.take().unwrap();
+    alice.client = Some(w.connect(&a, &alice.keys).await);
+    assert_eq!(old.stream_error_then_closed().await.condition, StreamCondition::Conflict);
+    assert_eq!(carol.c().send_message("c2", &alice_jid, &alice_device).await.error, None);
+    assert_eq!(alice.c().next_message().await.id, "c2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_lease_was_taken_is_fenced_and_closed() {
+    let Some(w) = world(None, Timing::handoff_only()).await else { return };
+    let a = w.node("a").await;
+    let _b = w.node("b").await;
+    let mut alice = w.native(&a, "+15550021", 1).await;
+    let mut bob = w.native(&a, "+15550022", 2).await;
+    let (bob_jid, bob_device) = (bob.jid(), bob.device());
+    assert_eq!(alice.c().send_message("before", &bob_jid, &bob_device).await.error, None);
+    assert_eq!(bob.c().next_message().await.id, "before");
+
+    // A newer login of Alice's device on a node whose announcement was lost: only the lease
+    // says so. Alice's next write on node A is refused and her session closed.
+    let mut r = w.redis().await;
+    let () = redis::cmd("SET")
+        .arg(w.lease_key(&alice.address))
+        .arg("999999@gk-elsewhere")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(alice.c().send(&message("stale", &bob_jid, &bob_device)).await);
+    let error = alice.c().stream_error_then_closed().await;
+    assert_eq!(error.condition, StreamCondition::Conflict);
+    assert!(
+        !alice.c().pending.iter().any(|n| n.tag == "ack"),
+        "the stale write was not acknowledged"
+    );
+    // Not stored: Bob's next message is a fresh one from Carol.
+    let mut carol = w.native(&a, "+15550023", 3).await;
+    assert_eq!(carol.c().send_message("after", &bob_jid, &bob_device).await.error, None);
+    assert_eq!(bob.c().next_message().await.id, "after");
+
+    // A lease lost without a write is found by the heartbeat.
+    let mut dave = w.native(&a, "+15550024", 4).await;
+    assert!(dave.c().ping().await, "Dave's session (and lease) exists");
+    let () = redis::cmd("SET")
+        .arg(w.lease_key(&dave.address))
+        .arg("999999@gk-elsewhere")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(dave.c().stream_error_then_closed().await.condition, StreamCondition::Conflict);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_queue_is_drained_on_another_node() {
+    let Some(w) = world(None, Timing::handoff_only()).await else { return };
+    let a = w.node("a").await;
+    let b = w.node("b").await;
+    let mut alice = w.native(&a, "+15550031", 1).await;
+    let mut bob = w.native(&b, "+15550032", 2).await;
+    let (bob_jid, bob_device) = (bob.jid(), bob.device());
+    bob.client.take().unwrap().close().await;
+
+    let sent = ["m1", "m2", "m3"];
+    for id in sent {
+        assert_eq!(alice.c().send_message(id, &bob_jid, &bob_device).await.error, None);
+    }
+    // Bob comes back on node A: all three in order. No ack.
+    let mut c = w.connect(&a, &bob.keys).await;
+    for id in sent {
+        assert_eq!(c.next_message().await.id, id);
+    }
+    c.close().await;
+    // Then on node B: again, in order; now acked.
+    let mut c = w.connect(&b, &bob.keys).await;
+    for id in sent {
+        let m = c.next_message().await;
+        assert_eq!(m.id, id);
+        assert!(c.ack(&m).await);
+    }
+    c.close().await;
+    // Acked on node B, gone on node A: a new message is the first thing Bob gets there.
+    let mut c = w.connect(&a, &bob.keys).await;
+    assert_eq!(alice.c().send_message("m4", &bob_jid, &bob_device).await.error, None);
+    assert_eq!(c.next_message().await.id, "m4", "acked copies are not delivered again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_rate_is_cluster_wide() {
+    let Some(mut w) = world(None, Timing::handoff_only()).await else { return };
+    // 20 a minute: a burst of 10 (at least 10), then one every 3 s.
+    w.messages_per_minute = 20;
+    let a = w.node("a").await;
+    let b = w.node("b").await;
+    let mut alice = w.native(&a, "+15550041", 1).await;
+    let bob = w.native(&b, "+15550042", 2).await;
+    let (bob_jid, bob_device) = (bob.jid(), bob.device());
+    let mut outcomes = Vec::new();
+    for i in 0..6 {
+        outcomes.push(alice.c().send_message(&format!("r{i}"), &bob_jid, &bob_device).await.error);
+    }
+    // The same account continues through the other node: the allowance is shared.
+    alice.client.take().unwrap().close().await;
+    let mut c = w.connect(&b, &alice.keys).await;
+    for i in 6..12 {
+        outcomes.push(c.send_message(&format!("r{i}"), &bob_jid, &bob_device).await.error);
+    }
+    let accepted = outcomes.iter().filter(|o| o.is_none()).count();
+    let limited = outcomes.iter().filter(|o| o.as_deref() == Some("rate-limited")).count();
+    // One token may come back during the run (one every 3 s).
+    assert!((10..=11).contains(&accepted) && accepted + limited == 12, "{outcomes:?}");
+}
+
+/// What one receiver got: ids in arrival order (after de-duplication), duplicates seen.
+#[derive(Default)]
+struct Received {
+    ids: Vec<String>,
+    seen: HashSet<String>,
+    duplicates: usize,
+}
+
+/// Receives (and acks) until `want` distinct ids arrived; reconnects to `fallback` when its
+/// connection ends (its node died).
+async fn receive_all(
+    mut client: Client,
+    keys: StaticKeypair,
+    fallback: SocketAddr,
+    root: [u8; 32],
+    want: usize,
+    got: Arc<Mutex<Received>>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if got.lock().unwrap().ids.len() >= want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "receiver did not get everything in time");
+        match client.try_next_where(|n| n.tag == "message").await {
+            Some(node) => {
+                let m = Message::from_node(node).unwrap();
+                {
+                    // "Persist" (de-duplicating by id), then ack.
+                    let mut g = got.lock().unwrap();
+                    if g.seen.insert(m.id.clone()) {
+                        g.ids.push(m.id.clone());
+                    } else {
+                        g.duplicates += 1;
+                    }
+                }
+                let _ = client.ack(&m).await;
+            }
+            None => {
+                client = Client::connect(fallback, root, &keys).await.expect("reconnects");
+            }
+        }
+    }
+}
+
+/// Sends `ids` in order, each until acked; reconnects to `fallback` when its connection ends
+/// and resends the unacknowledged one (`duplicate` counts as acked). Returns the acked ids.
+async fn send_all(
+    mut client: Client,
+    keys: StaticKeypair,
+    fallback: SocketAddr,
+    root: [u8; 32],
+    (to, device): (String, String),
+    ids: Vec<String>,
+    acked: Arc<AtomicUsize>,
+) -> Vec<String> {
+    let mut done = Vec::new();
+    for id in ids {
+        loop {
+            match client.try_send_message(&id, &to, &device).await {
+                Some(ack) if ack.error.is_none() || ack.error.as_deref() == Some("duplicate") => {
+                    done.push(id.clone());
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Some(ack) => panic!("{id} refused: {:?}", ack.error),
+                None => {
+                    client = Client::connect(fallback, root, &keys).await.expect("reconnects");
+                }
+            }
+        }
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_nothing_acked() {
+    let Some(w) = world(None, Timing::fast()).await else { return };
+    let mut a = w.node("a").await;
+    let b = w.node("b").await;
+    // Alice (node A) writes to Bob (node B); Carol (node B) writes to Dave (node A).
+    let mut alice = w.native(&a, "+15550051", 1).await;
+    let mut bob = w.native(&b, "+15550052", 2).await;
+    let mut carol = w.native(&b, "+15550053", 3).await;
+    let mut dave = w.native(&a, "+15550054", 4).await;
+    const N: usize = 60;
+    let root = w.root();
+    let ids = |p: &str| (0..N).map(|i| format!("{p}{i:03}")).collect::<Vec<_>>();
+    let (to_bob, to_dave) = (Received::default(), Received::default());
+    let (to_bob, to_dave) = (Arc::new(Mutex::new(to_bob)), Arc::new(Mutex::new(to_dave)));
+    let bob_rx = tokio::spawn(receive_all(
+        bob.client.take().unwrap(),
+        bob.keys.clone(),
+        b.addr,
+        root,
+        N,
+        Arc::clone(&to_bob),
+    ));
+    let dave_rx = tokio::spawn(receive_all(
+        dave.client.take().unwrap(),
+        dave.keys.clone(),
+        b.addr,
+        root,
+        N,
+        Arc::clone(&to_dave),
+    ));
+    let alice_acks = Arc::new(AtomicUsize::new(0));
+    let alice_tx = tokio::spawn(send_all(
+        alice.client.take().unwrap(),
+        alice.keys.clone(),
+        b.addr,
+        root,
+        (bob.jid(), bob.device()),
+        ids("a"),
+        Arc::clone(&alice_acks),
+    ));
+    let carol_tx = tokio::spawn(send_all(
+        carol.client.take().unwrap(),
+        carol.keys.clone(),
+        b.addr,
+        root,
+        (dave.jid(), dave.device()),
+        ids("c"),
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    // Mid-run, node A dies: no stream errors, no lease releases, connections just vanish.
+    eventually(TIMEOUT, "Alice got 20 acks", || {
+        let n = alice_acks.load(Ordering::SeqCst);
+        async move { n >= 20 }
+    })
+    .await;
+    a.kill();
+    let alice_sent = alice_tx.await.unwrap();
+    let carol_sent = carol_tx.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(150), bob_rx).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(150), dave_rx).await.unwrap().unwrap();
+    for (sent, got) in [(alice_sent, &to_bob), (carol_sent, &to_dave)] {
+        let got = got.lock().unwrap();
+        // Every acked message exactly once after de-duplication, in the order sent.
+        assert_eq!(got.ids, sent);
+        eprintln!("redelivered duplicates: {}", got.duplicates);
+    }
+}
+
+/// A `redis-server` of this test's own, so that it can be killed and started again.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn binary() -> Option<PathBuf> {
+        ["/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    }
+
+    fn start() -> Option<Self> {
+        let Some(_) = Self::binary() else {
+            assert!(!required(), "INTEROP_REQUIRE_SERVICES=1 but redis-server is not installed");
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = Self { port, dir: tempfile::tempdir().unwrap(), child: None };
+        r.restart();
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new(Self::binary().unwrap())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: Redis loses everything (it keeps nothing on disk here).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_goes_on_while_redis_restarts() {
+    let Some(mut redis) = OwnRedis::start() else { return };
+    let Some(w) = world(Some(redis.url()), Timing::fast()).await else { return };
+    let a = w.node("a").await;
+    let b = w.node("b").await;
+    let mut alice = w.native(&a, "+15550061", 1).await;
+    let mut bob = w.native(&b, "+15550062", 2).await;
+    let (bob_jid, bob_device) = (bob.jid(), bob.device());
+    const N: usize = 45;
+    let got = Arc::new(Mutex::new(Received::default()));
+    let bob_rx = tokio::spawn(receive_all(
+        bob.client.take().unwrap(),
+        bob.keys.clone(),
+        b.addr,
+        w.root(),
+        N,
+        Arc::clone(&got),
+    ));
+    let mut sent = Vec::new();
+    let delivered = || got.lock().unwrap().ids.len();
+    for i in 0..N {
+        if i == 15 {
+            redis.kill();
+            // Both nodes notice and say so on /healthz; chat goes on.
+            for n in [&a, &b] {
+                eventually(TIMEOUT, "healthz reports Redis down", || async {
+                    healthz(n.http).await
+                        == (503, serde_json::json!({"error": "redis-unavailable"}))
+                })
+                .await;
+            }
+        }
+        if i == 30 {
+            redis.restart();
+            for n in [&a, &b] {
+                eventually(TIMEOUT, "healthz reports Redis up again", || async {
+                    healthz(n.http).await.0 == 200
+                })
+                .await;
+            }
+        }
+        let id = format!("x{i:03}");
+        let ack = alice.c().send_message(&id, &bob_jid, &bob_device).await;
+        assert_eq!(ack.error, None, "{id}");
+        sent.push(id);
+        // Delivered before the next one (the re-check runs every 400 ms while Redis is away).
+        eventually(TIMEOUT, "Bob got the message", || {
+            let n = delivered();
+            async move { n > i }
+        })
+        .await;
+    }
+    tokio::time::timeout(TIMEOUT, bob_rx).await.unwrap().unwrap();
+    assert_eq!(got.lock().unwrap().ids, sent, "every message once, in order");
+    // The heartbeat took the leases again after the restart (Redis had lost them): Alice's
+    // (Bob's receiver has hung up by now, releasing his).
+    let mut r = w.redis().await;
+    let lease: Option<String> =
+        redis::cmd("GET").arg(w.lease_key(&alice.address)).query_async(&mut r).await.unwrap();
+    assert!(lease.as_ref().is_some_and(|l| l.ends_with(&format!("@{}", a.id))), "{lease:?}");
+    // Bob comes back on node B; delivery to him there goes on.
+    let mut bob_again = w.connect(&b, &bob.keys).await;
+    assert_eq!(alice.c().send_message("after", &bob_jid, &bob_device).await.error, None);
+    assert_eq!(bob_again.next_message().await.id, "after");
+}
