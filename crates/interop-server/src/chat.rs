@@ -192,6 +192,13 @@ impl LiveSessions {
         true
     }
 
+    /// Hands a live-only stanza to `device`'s session, if it has one here and room for it.
+    pub(crate) fn send_live(&self, device: &DeviceAddress, stanza: Vec<u8>) {
+        if let Some(l) = self.lock().get(device) {
+            let _ = l.tx.try_send(Outbound::Stanza(stanza));
+        }
+    }
+
     /// Tells every live session of `account` to close with `condition`.
     pub(crate) fn close_account(&self, account: &str, condition: StreamCondition) {
         for (_, l) in self.lock().iter().filter(|(d, _)| d.account == account) {
@@ -671,11 +678,29 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         state.to = None;
         state.from = Some(session.jid.to_string());
         let bytes = binary::encode(&state.into_node())?;
-        let live = self.live.lock();
-        for (device, l) in live.iter().filter(|(d, _)| d.account == to.account) {
-            if *device != session.device {
-                // Live only: a full buffer drops it.
-                let _ = l.tx.try_send(Outbound::Stanza(bytes.clone()));
+        // Cluster mode: the account's devices, to hand the state to the nodes they are live on.
+        let mut elsewhere = match &self.cluster {
+            Some(_) => self.store.devices(&to.account).await?,
+            None => Vec::new(),
+        };
+        {
+            let live = self.live.lock();
+            for (device, l) in live.iter().filter(|(d, _)| d.account == to.account) {
+                elsewhere.retain(|d| *d != device.device);
+                if *device != session.device {
+                    // Live only: a full buffer drops it.
+                    let _ = l.tx.try_send(Outbound::Stanza(bytes.clone()));
+                }
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            let devices: Vec<DeviceAddress> = elsewhere
+                .into_iter()
+                .map(|d| DeviceAddress { account: to.account.clone(), device: d })
+                .filter(|d| *d != session.device)
+                .collect();
+            if !devices.is_empty() {
+                cluster.forward_live(devices, bytes);
             }
         }
         Ok(())

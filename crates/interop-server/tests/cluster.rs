@@ -33,7 +33,8 @@ use interop_server::store::postgres::PgStore;
 use interop_stanza::Node;
 use interop_stanza::binary::Codec;
 use interop_stanza::stanza::{
-    Ack, AckClass, Enc, EncType, Message, MessageType, Participant, StreamCondition, StreamError,
+    Ack, AckClass, ChatState, ChatStateKind, Enc, EncType, Message, MessageType, Participant,
+    StreamCondition, StreamError,
 };
 use rand::SeedableRng;
 use sqlx::Connection;
@@ -585,6 +586,16 @@ async fn users_on_different_nodes_message_each_other_promptly() {
     assert_eq!(bob.c().send_message("ba0", &alice_jid, &alice_device).await.error, None);
     let m = alice.c().next_message().await;
     assert_eq!((m.id.as_str(), m.from.as_deref()), ("ba0", Some(bob_device.as_str())));
+
+    // Chat states (live only, never stored) cross nodes too.
+    let typing = ChatState::new(bob_jid.clone(), ChatStateKind::Composing);
+    assert!(alice.c().send(&typing.into_node()).await);
+    let got = bob.c().next_where("a chat state", |n| n.tag == "chatstate").await;
+    let got = ChatState::from_node(got).unwrap();
+    assert_eq!(
+        (got.state, got.from.as_deref()),
+        (ChatStateKind::Composing, Some(alice_device.as_str()))
+    );
 
     // Both nodes report storage and Redis healthy.
     for n in [&a, &b] {

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `<prefix>lease:<account>:<device>` = `<token>@<node>` (expires, refreshed by heartbeat) | which node holds the device's live session, with its fencing token | re-taken by the holding nodes' next heartbeat |
 //! | `<prefix>fence:<account>:<device>` (counter) | the last fencing token handed out | raised again to the tokens the nodes re-assert |
-//! | channel `<prefix>node:<node>` | nudges ("a copy is stored for your device"), kicks ("a newer login took your device") | the periodic queue re-check delivers; the heartbeat finds a lost lease |
+//! | channel `<prefix>node:<node>` | nudges ("a copy is stored for your device"), kicks ("a newer login took your device"), live-only stanzas (chat states) | the periodic queue re-check delivers; the heartbeat finds a lost lease; chat states are dropped (they are never stored anyway) |
 //! | channel `<prefix>all` | cluster-wide events: an account's sessions must close, a provider changed | sessions of that account / provider end at their next token check |
 //! | `<prefix>rate:<...>` | cluster-wide rate limits (token buckets) | buckets start full again |
 //!
@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine;
 use futures::StreamExt;
 use interop_stanza::stanza::StreamCondition;
 use redis::aio::{MultiplexedConnection, PubSub};
@@ -517,6 +518,44 @@ impl Cluster {
         }
     }
 
+    /// Hands a live-only stanza (a chat state) to the nodes where `devices` are live. Best
+    /// effort, in the background: nothing is stored, nobody is woken.
+    pub(crate) fn forward_live(self: &Arc<Self>, devices: Vec<DeviceAddress>, stanza: Vec<u8>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let keys: Vec<String> = devices.iter().map(|d| this.key("lease", d)).collect();
+            let holders: RedisResult<Vec<Option<String>>> = this
+                .redis
+                .call(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
+                .await;
+            let Ok(holders) = holders else { return };
+            let mut by_node: HashMap<String, Vec<&DeviceAddress>> = HashMap::new();
+            for (d, holder) in devices.iter().zip(holders) {
+                if let Some((_, node)) = holder.as_deref().and_then(parse_lease)
+                    && node != this.config.node_id
+                {
+                    by_node.entry(node.to_owned()).or_default().push(d);
+                }
+            }
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&stanza);
+            for (node, devices) in by_node {
+                let message = json!({
+                    "t": "live",
+                    "d": devices.iter().map(|d| json!([d.account, d.device])).collect::<Vec<_>>(),
+                    "s": encoded,
+                })
+                .to_string();
+                let channel = this.node_channel(&node);
+                let _: RedisResult<u64> = this
+                    .redis
+                    .call(|mut c| async move {
+                        redis::cmd("PUBLISH").arg(channel).arg(message).query_async(&mut c).await
+                    })
+                    .await;
+            }
+        });
+    }
+
     fn wake(&self, devices: Vec<DeviceAddress>) {
         if let Some(hook) = &self.offline {
             for d in devices {
@@ -644,6 +683,19 @@ impl Cluster {
                 metrics::counter!("interop_cluster_nudges_received_total").increment(1);
                 // Routed here but no longer live here: wake it.
                 self.wake(gone);
+            }
+            Some("live") => {
+                let Some(stanza) = m["s"]
+                    .as_str()
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                else {
+                    return;
+                };
+                for pair in m["d"].as_array().into_iter().flatten() {
+                    if let Some(d) = device(&pair[0], &pair[1]) {
+                        self.live.send_live(&d, stanza.clone());
+                    }
+                }
             }
             Some("kick") => {
                 let (Some(d), Some(token)) = (device(&m["a"], &m["d"]), m["k"].as_u64()) else {
