@@ -13,8 +13,8 @@
 pub mod address;
 pub mod admin;
 pub mod chat;
-pub mod cluster;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod gatekeeper;
