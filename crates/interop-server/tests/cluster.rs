@@ -21,13 +21,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use interop_enlist::enlist::{Address, KeyBundle, Prekey, Request, Response, SignedPrekey};
+use interop_enlist::enlist::{
+    Address, Consent, KeyBundle, Prekey, Request, Response, SignedPrekey,
+};
 use interop_noise::proto::{ClientPayload, Product};
 use interop_noise::tokio::NoiseStream;
 use interop_noise::{ClientConfig, StaticKeypair, TrustAnchor};
 use interop_server::chat::LiveSessions;
 use interop_server::cluster::{Cluster, ClusterConfig};
 use interop_server::gatekeeper::{CodeSink, Gatekeeper, GatekeeperConfig};
+use interop_server::provider::{Provider, ProviderConfig};
 use interop_server::store::QueueLimits;
 use interop_server::store::postgres::PgStore;
 use interop_stanza::Node;
@@ -40,6 +43,11 @@ use rand::SeedableRng;
 use sqlx::Connection;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+/// The nodes' admin token.
+const ADMIN: &str = "cluster-admin-token";
+/// The integrator id of the test provider.
+const INTEGRATOR: &str = "example";
 
 /// How long any single wait may take before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -271,6 +279,7 @@ impl World {
         config.http_listen = Some("127.0.0.1:0".parse().unwrap());
         config.code_sink = Some(sink);
         config.native_messages_per_minute = self.messages_per_minute;
+        config.admin_token = ADMIN.to_owned();
         let mut cluster = ClusterConfig::new(self.redis_url.clone(), Some(format!("gk-{name}")));
         cluster.key_prefix.clone_from(&self.prefix);
         cluster.heartbeat = self.timing.heartbeat;
@@ -401,12 +410,22 @@ struct Client {
 
 impl Client {
     async fn connect(addr: SocketAddr, root: [u8; 32], keys: &StaticKeypair) -> Option<Self> {
-        let config = ClientConfig::new(keys.clone(), TrustAnchor::new(root).unwrap());
         let payload = ClientPayload {
             product: Product::Native as i32,
             user_agent: "cluster-test".into(),
             ..Default::default()
         };
+        Self::connect_as(addr, root, keys, &payload).await
+    }
+
+    async fn connect_as(
+        addr: SocketAddr,
+        root: [u8; 32],
+        keys: &StaticKeypair,
+        payload: &ClientPayload,
+    ) -> Option<Self> {
+        let config = ClientConfig::new(keys.clone(), TrustAnchor::new(root).unwrap());
+        let payload = payload.clone();
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let handshake = async {
             let socket = TcpStream::connect(addr).await.ok()?;
@@ -1018,4 +1037,151 @@ async fn delivery_goes_on_while_redis_restarts() {
     let mut bob_again = w.connect(&b, &bob.keys).await;
     assert_eq!(alice.c().send_message("after", &bob_jid, &bob_device).await.error, None);
     assert_eq!(bob_again.next_message().await.id, "after");
+}
+
+/// A reference provider on loopback: (issuer, push secret). Runs until `stop`.
+async fn provider(dir: &Path, stop: &CancellationToken) -> (String, String) {
+    use base64::Engine;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let push_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    );
+    let provider = Provider::open(ProviderConfig {
+        issuer: issuer.clone(),
+        audience: "gatekeeper".into(),
+        data_dir: dir.join("provider"),
+        push_secret: push_secret.clone(),
+        admin_token: String::new(),
+        dev: true,
+        wake_poll: TIMEOUT,
+    })
+    .await
+    .unwrap();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move { provider.serve(listener, shutdown).await });
+    (issuer, push_secret)
+}
+
+/// A provider user's token and push token for `keys` (a new provider account `username`).
+async fn provider_token(issuer: &str, username: &str, keys: &StaticKeypair) -> (String, String) {
+    use base64::Engine;
+    let http = reqwest::Client::new();
+    let creds = serde_json::json!({"username": username, "password": "correct horse battery"});
+    let created = http.post(format!("{issuer}/v1/accounts")).json(&creds).send().await.unwrap();
+    assert!(created.status().is_success() || created.status().as_u16() == 409);
+    let session: serde_json::Value = http
+        .post(format!("{issuer}/v1/sessions"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(keys.public);
+    let token: serde_json::Value = http
+        .post(format!("{issuer}/v1/tokens"))
+        .bearer_auth(session["session"].as_str().unwrap())
+        .json(&serde_json::json!({ "device_key": device_key }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (token["token"].as_str().unwrap().to_owned(), token["push_token"].as_str().unwrap().to_owned())
+}
+
+/// A new device of provider user `username`, connected to `node` and enlisted: (connection,
+/// whether the enlistment created the account). Retries while the node does not know the
+/// provider yet (the registration reaches other nodes through Redis).
+async fn interop_device(
+    w: &World,
+    node: &NodeHandle,
+    issuer: &str,
+    username: &str,
+) -> (Client, bool) {
+    let keys = StaticKeypair::generate(&mut rand::rngs::StdRng::from_os_rng());
+    let (jwt, push_token) = provider_token(issuer, username, &keys).await;
+    let payload = ClientPayload {
+        product: Product::Interop as i32,
+        user_agent: "cluster-test".into(),
+        provider_jwt: jwt,
+        read_receipts: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut c = Client::connect_as(node.addr, w.root(), &keys, &payload).await.unwrap();
+        let request = Request::Enlist {
+            keys: key_bundle(7),
+            consent: Consent { version: "2026-01".into(), read_receipts: true },
+            push_token: push_token.clone().into_bytes(),
+        };
+        c.next_id += 1;
+        let id = format!("q{}", c.next_id);
+        if c.send(&request.to_node(&id)).await
+            && let Some(answer) =
+                c.try_next_where(|n| n.tag == "iq" && n.attr("id") == Some(id.as_str())).await
+        {
+            let (_, response) = Response::from_node(&answer).unwrap();
+            let Response::Enlisted { created, .. } = response else { panic!("{response:?}") };
+            return (c, created);
+        }
+        assert!(Instant::now() < deadline, "the node never accepted the provider's tokens");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_changes_and_opt_outs_reach_every_node() {
+    let Some(w) = world(None, Timing::handoff_only()).await else { return };
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let (issuer, push_secret) = provider(w.dir.path(), &stop).await;
+    let a = w.node("a").await;
+    let b = w.node("b").await;
+    // The provider is registered through node A's admin API only.
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("http://{}/admin/providers/{INTEGRATOR}", a.http))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({
+            "issuer": issuer,
+            "push_endpoint": format!("{issuer}/v1/push"),
+            "push_secret": push_secret,
+            "media_base_url": format!("{issuer}/media/"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+
+    // Node B learns it: Alice enlists there; her second device enlists on node A.
+    let (mut alice_b, created) = interop_device(&w, &b, &issuer, "alice").await;
+    assert!(created);
+    let (mut alice_a, created) = interop_device(&w, &a, &issuer, "alice").await;
+    assert!(!created, "the same account");
+    assert!(alice_b.ping().await);
+    // Opting out on node A ends the account's session on node B.
+    assert_eq!(alice_a.enlist_iq(Request::OptOut).await, Response::OptedOut);
+    assert_eq!(alice_b.stream_error_then_closed().await.condition, StreamCondition::NotAuthorized);
+
+    // Disabling the provider on node A ends its users' sessions on node B.
+    let (mut bob_b, _) = interop_device(&w, &b, &issuer, "bob").await;
+    assert!(bob_b.ping().await);
+    let disabled = http
+        .post(format!("http://{}/admin/providers/{INTEGRATOR}/disable", a.http))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(disabled.status().is_success());
+    let error = bob_b.stream_error_then_closed().await;
+    assert_eq!(
+        (error.condition, error.text.as_deref()),
+        (StreamCondition::NotAuthorized, Some("provider_disabled"))
+    );
 }
