@@ -629,32 +629,34 @@ async fn users_on_different_nodes_message_each_other_promptly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_moving_to_another_node_closes_the_old_session_with_conflict() {
+async fn a_user_moving_between_three_nodes_closes_the_old_session_with_conflict() {
     let Some(w) = world(None, Timing::handoff_only()).await else { return };
     let a = w.node("a").await;
     let b = w.node("b").await;
+    let c = w.node("c").await;
     let mut alice = w.native(&a, "+15550011", 1).await;
     let mut carol = w.native(&a, "+15550012", 3).await;
     let (alice_jid, alice_device) = (alice.jid(), alice.device());
 
-    // Alice logs in on node B: her session on node A ends with `conflict`.
-    let mut old = alice.client.take().unwrap();
-    alice.client = Some(w.connect(&b, &alice.keys).await);
-    let error = old.stream_error_then_closed().await;
-    assert_eq!(error.condition, StreamCondition::Conflict);
-    // Carol, on node A, reaches her on node B.
-    assert_eq!(carol.c().send_message("c1", &alice_jid, &alice_device).await.error, None);
-    let m = alice.c().next_message().await;
-    assert_eq!(m.id, "c1");
-    assert!(alice.c().ack(&m).await);
-    assert!(alice.c().ping().await, "the new session stays");
-
-    // And back to node A.
-    let mut old = alice.client.take().unwrap();
-    alice.client = Some(w.connect(&a, &alice.keys).await);
-    assert_eq!(old.stream_error_then_closed().await.condition, StreamCondition::Conflict);
-    assert_eq!(carol.c().send_message("c2", &alice_jid, &alice_device).await.error, None);
-    assert_eq!(alice.c().next_message().await.id, "c2");
+    // Alice logs in on node B, then C, then A again: each time her old session ends with
+    // `conflict`, and Carol (node A) reaches her where she is, promptly (no re-check here).
+    for (i, node) in [&b, &c, &a].into_iter().enumerate() {
+        let mut old = alice.client.take().unwrap();
+        alice.client = Some(w.connect(node, &alice.keys).await);
+        let error = old.stream_error_then_closed().await;
+        assert_eq!(error.condition, StreamCondition::Conflict, "move {i}");
+        let id = format!("c{i}");
+        assert_eq!(carol.c().send_message(&id, &alice_jid, &alice_device).await.error, None);
+        let m = alice.c().next_message().await;
+        assert_eq!(m.id, id);
+        assert!(alice.c().ack(&m).await);
+        assert!(alice.c().ping().await, "the new session stays");
+    }
+    // Only one session is live in the cluster: the lease names node A.
+    let mut r = w.redis().await;
+    let lease: String =
+        redis::cmd("GET").arg(w.lease_key(&alice.address)).query_async(&mut r).await.unwrap();
+    assert!(lease.ends_with(&format!("@{}", a.id)), "{lease}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
