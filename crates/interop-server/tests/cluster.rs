@@ -1187,37 +1187,3 @@ async fn provider_changes_and_opt_outs_reach_every_node() {
         (StreamCondition::NotAuthorized, Some("provider_disabled"))
     );
 }
-
-/// Not a pass/fail test: the latency of one message (send → stored → ack, and send → received
-/// by the recipient) when both users are on one node and when they are on two nodes. Run with
-/// `cargo test -p interop-server --test cluster -- --ignored --nocapture cross_node_cost`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement; prints its numbers"]
-async fn cross_node_cost() {
-    let Some(w) = world(None, Timing::handoff_only()).await else { return };
-    let a = w.node("a").await;
-    let b = w.node("b").await;
-    let mut alice = w.native(&a, "+15550071", 1).await;
-    let mut same = w.native(&a, "+15550072", 2).await;
-    let mut other = w.native(&b, "+15550073", 3).await;
-    const N: usize = 300;
-    for (label, bob) in [("same node", &mut same), ("cross node", &mut other)] {
-        let (jid, device) = (bob.jid(), bob.device());
-        let mut delivered = Vec::with_capacity(N);
-        for i in 0..N {
-            let id = format!("{}{i}", &label[..1]);
-            let started = Instant::now();
-            assert_eq!(alice.c().send_message(&id, &jid, &device).await.error, None);
-            let m = bob.c().next_message().await;
-            delivered.push(started.elapsed());
-            assert!(bob.c().ack(&m).await);
-        }
-        delivered.sort();
-        let mean = delivered.iter().sum::<Duration>() / N as u32;
-        eprintln!(
-            "{label}: send → received, mean {mean:?}, p50 {:?}, p99 {:?} ({N} messages, one at a time)",
-            delivered[N / 2],
-            delivered[N * 99 / 100]
-        );
-    }
-}
