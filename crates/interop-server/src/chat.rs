@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use interop_stanza::stanza::{
-    Ack, AckClass, ChatState, Message, Receipt, ReceiptType, StreamCondition,
+    Ack, AckClass, ChatState, Message, Presence, Receipt, ReceiptType, StreamCondition,
 };
 use interop_stanza::{Node, binary};
 use tokio::sync::{Notify, mpsc};
@@ -470,8 +470,8 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 self.ack(session, node).await?;
                 Ok(Handled::Replies(Vec::new()))
             }
-            "chatstate" => {
-                self.chat_state(session, node).await?;
+            "chatstate" | "presence" => {
+                self.live_only(session, node).await?;
                 Ok(Handled::Replies(Vec::new()))
             }
             _ => Ok(Handled::NotMine(node)),
@@ -614,6 +614,8 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         };
         match self.store.submit(submission, now_ms).await? {
             SubmitOutcome::Stored(_) => {
+                // Queue depth = stored - acked - expired (the three counters).
+                metrics::counter!("interop_copies_stored_total").increment(recipients.len() as u64);
                 self.notify(&recipients);
                 Ok(ack_to(&id, class))
             }
@@ -665,19 +667,31 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         };
         if let Some((_, seq)) = found {
             self.store.ack(&session.device, seq).await?;
+            metrics::counter!("interop_copies_acked_total").increment(1);
         }
         Ok(())
     }
 
-    async fn chat_state(&self, session: &Session, node: Node) -> Result<()> {
-        let Ok(mut state) = ChatState::from_node(node) else { return Ok(()) };
-        let Some(to) = state.to.as_deref().and_then(Jid::parse) else { return Ok(()) };
+    /// Chat states and directed presence: to the recipient account's live devices only, never
+    /// stored, never woken for; a stanza that is not a valid one of the two is dropped.
+    async fn live_only(&self, session: &Session, node: Node) -> Result<()> {
+        let node = if node.tag == "presence" {
+            let Ok(mut p) = Presence::from_node(node) else { return Ok(()) };
+            let Some(to) = p.to.take() else { return Ok(()) };
+            p.from = Some(session.jid.to_string());
+            (to, p.into_node())
+        } else {
+            let Ok(mut state) = ChatState::from_node(node) else { return Ok(()) };
+            let Some(to) = state.to.take() else { return Ok(()) };
+            state.from = Some(session.jid.to_string());
+            (to, state.into_node())
+        };
+        let (to, node) = node;
+        let Some(to) = Jid::parse(&to) else { return Ok(()) };
         if !may_reach(&*self.store, &session.device.account, &to.account).await? {
             return Ok(());
         }
-        state.to = None;
-        state.from = Some(session.jid.to_string());
-        let bytes = binary::encode(&state.into_node())?;
+        let bytes = binary::encode(&node)?;
         // Cluster mode: the account's devices, to hand the state to the nodes they are live on.
         let mut elsewhere = match &self.cluster {
             Some(_) => self.store.devices(&to.account).await?,
@@ -1015,6 +1029,31 @@ mod tests {
         w.chat.handle(&mut a, typing(), 0).await.unwrap();
         let got = ChatState::from_node(next_node(&w.chat, &mut b).await).unwrap();
         assert_eq!((got.state, got.from), (ChatStateKind::Composing, Some(a.jid.to_string())));
+    }
+
+    #[tokio::test]
+    async fn directed_presence_is_live_only() {
+        use interop_stanza::stanza::PresenceType;
+        let w = world().await;
+        let alice = w.enlist(&interop("alice"), 1).await;
+        let bob = w.enlist(&interop("bob"), 2).await;
+        let mut a = w.chat.connect(alice.clone(), true).await.unwrap();
+        let bob_jid = w.jid(&bob.account).await;
+        let online = || {
+            let mut p = Presence::new(PresenceType::Available);
+            p.to = Some(bob_jid.clone());
+            p.into_node()
+        };
+        w.chat.handle(&mut a, online(), 0).await.unwrap();
+        assert_eq!(w.chat.store().depth(&bob).await.unwrap(), 0, "never stored");
+        let mut b = w.chat.connect(bob.clone(), true).await.unwrap();
+        w.chat.handle(&mut a, online(), 0).await.unwrap();
+        let got = Presence::from_node(next_node(&w.chat, &mut b).await).unwrap();
+        assert_eq!((got.kind, got.from), (PresenceType::Available, Some(a.jid.to_string())));
+        // Undirected presence has nobody to go to: dropped.
+        let undirected = Presence::new(PresenceType::Available).into_node();
+        w.chat.handle(&mut a, undirected, 0).await.unwrap();
+        assert!(w.chat.try_next(&mut b).await.unwrap().is_none());
     }
 
     #[tokio::test]

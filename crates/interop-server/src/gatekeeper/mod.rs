@@ -692,7 +692,7 @@ async fn expiry_loop<S: GatekeeperStore>(shared: Arc<Shared<S>>) {
         }
         match shared.store.expire(now_ms()).await {
             Ok(n) if n > 0 => {
-                metrics::counter!("interop_messages_expired_total").increment(n);
+                metrics::counter!("interop_copies_expired_total").increment(n);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "queue expiry failed"),
