@@ -586,4 +586,47 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), 502);
     }
+
+    /// The production guard through the proxy's HTTP interface: a provider whose media base
+    /// names an address in any refused range is never dialled (the answer comes back at once as
+    /// `upstream-refused`, with no connection attempt to wait for).
+    #[tokio::test]
+    async fn the_proxy_refuses_every_non_public_address_range() {
+        let http = reqwest::Client::new();
+        let strict = OutboundConfig { allow_http: true, ..OutboundConfig::strict() };
+        for host in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "[::1]",
+            "[::]",
+            "[fe80::1]",
+            "[fc00::1]",
+            "[::ffff:127.0.0.1]",
+            "[::ffff:10.0.0.1]",
+            "[ff02::1]",
+        ] {
+            let gk =
+                proxy(strict.clone(), ProxyLimits::default(), &format!("http://{host}/media/"))
+                    .await;
+            let r = http
+                .get(format!("{gk}/proxy/acme/0123abcd"))
+                .header("authorization", "Bearer ok")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 502, "{host}: {body}");
+            assert!(body.contains("upstream-refused"), "{host}: {body}");
+        }
+    }
 }
