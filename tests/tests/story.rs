@@ -253,3 +253,51 @@ async fn client_handles_work_from_a_multi_threaded_runtime() {
     drop(alice);
     gk.stop().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn replies_reactions_edits_and_deletes_shape_the_conversation() {
+    let gk = Running::start().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let mut alice = gk.native(&dirs.path().join("alice"), "+15550401").await;
+    let mut bob = gk.native(&dirs.path().join("bob"), "+15550402").await;
+    let alice_account = alice.address().await.unwrap().unwrap().account;
+
+    let first = alice.send_text("+15550402", "lunch at noon?").await.unwrap();
+    let typo = alice.send_text("+15550402", "at the usal place").await.unwrap();
+    let oops = alice.send_text("+15550402", "wrong chat, ignore").await.unwrap();
+    alice.send_edit("+15550402", &typo, "at the usual place").await.unwrap();
+    alice.send_delete("+15550402", &oops).await.unwrap();
+    let mut received = 0;
+    while received < 5 {
+        if let Event::Message(_) = bob.next_event().await.unwrap() {
+            received += 1;
+        }
+    }
+    bob.send_reaction("+15550401", &first, "👍").await.unwrap();
+    bob.send_reply("+15550401", "yes!", &first, &alice_account).await.unwrap();
+
+    // Bob's view of the conversation: the edit and the delete apply to their targets.
+    let entries = bob.db().history(&alice_account, 100).await.unwrap();
+    let lines = interop_client::client::conversation(&entries);
+    let texts: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 4, "{texts:?}");
+    assert_eq!(lines[1].text, "at the usual place");
+    assert!(lines[1].edited);
+    assert!(lines[2].deleted && lines[2].text.is_empty());
+    assert_eq!(lines[0].reactions, vec!["👍".to_owned()]);
+    assert_eq!(lines[3].reply_to.as_deref(), Some(first.as_str()));
+
+    // Alice receives the reaction and the reply as such.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let Event::Message(m) = alice.next_event().await.unwrap() {
+            got.push(m);
+        }
+    }
+    assert!(
+        matches!(&got[0].body, Body::Reaction { target, emoji } if *target == first && emoji == "👍")
+    );
+    assert_eq!(got[1].reply_to.as_deref(), Some(first.as_str()));
+    assert_eq!(got[1].body, Body::Text("yes!".into()));
+    gk.stop().await;
+}

@@ -140,6 +140,8 @@ pub struct Received {
     pub from_device: u8,
     /// What it says: text, or a description of content this client shows otherwise.
     pub body: Body,
+    /// The message this one replies to (its id), if it quotes one.
+    pub reply_to: Option<String>,
     /// The media descriptor, for image, video, voice and file messages
     /// ([`Client::download`] fetches it).
     pub media: Option<Box<proto::Media>>,
@@ -167,6 +169,25 @@ pub enum Body {
         /// The caption.
         caption: String,
     },
+    /// A reaction to an earlier message.
+    Reaction {
+        /// The message reacted to.
+        target: String,
+        /// The emoji (empty: the reaction was removed).
+        emoji: String,
+    },
+    /// A new text for an earlier message of the same sender.
+    Edit {
+        /// The message edited.
+        target: String,
+        /// Its new text.
+        text: String,
+    },
+    /// The sender deleted an earlier message.
+    Delete {
+        /// The message deleted.
+        target: String,
+    },
     /// Content this client cannot show: "unsupported in this chat", never dropped silently.
     Unsupported(String),
 }
@@ -176,6 +197,9 @@ impl std::fmt::Debug for Body {
         f.write_str(match self {
             Body::Text(_) => "Body::Text",
             Body::Media { .. } => "Body::Media",
+            Body::Reaction { .. } => "Body::Reaction",
+            Body::Edit { .. } => "Body::Edit",
+            Body::Delete { .. } => "Body::Delete",
             Body::Unsupported(_) => "Body::Unsupported",
         })
     }
@@ -192,6 +216,10 @@ impl std::fmt::Display for Body {
                 }
                 Ok(())
             }
+            Body::Reaction { emoji, .. } if emoji.is_empty() => f.write_str("[removed a reaction]"),
+            Body::Reaction { emoji, .. } => write!(f, "[reacted {emoji}]"),
+            Body::Edit { text, .. } => write!(f, "[edited] {text}"),
+            Body::Delete { .. } => f.write_str("[deleted a message]"),
             Body::Unsupported(kind) => write!(f, "[{kind}: unsupported in this chat]"),
         }
     }
@@ -216,11 +244,131 @@ pub fn body_of(message: &proto::Message) -> Body {
                 caption: m.caption.clone(),
             }
         }
+        Content::Reaction(r) => {
+            Body::Reaction { target: r.target_id.clone(), emoji: r.emoji.clone() }
+        }
+        Content::Edit(e) => Body::Edit {
+            target: e.target_id.clone(),
+            text: e.text.as_ref().map(|t| t.body.clone()).unwrap_or_default(),
+        },
+        Content::Delete(d) => Body::Delete { target: d.target_id.clone() },
         Content::Unsupported(u) if !u.fallback_text.is_empty() => {
             Body::Unsupported(u.fallback_text.clone())
         }
         other => Body::Unsupported(format!("{other:?}").to_lowercase()),
     }
+}
+
+/// One line of a conversation as a user sees it: edits, deletions and reactions applied to the
+/// messages they target instead of shown as lines of their own.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConversationLine {
+    /// The message id.
+    pub id: String,
+    /// `me`, or the sender's account.
+    pub from: String,
+    /// Delivery status (`sent`, `delivered`, `read`, `received`, ...).
+    pub status: String,
+    /// What it says now (after edits).
+    pub text: String,
+    /// Whether it was edited.
+    pub edited: bool,
+    /// Whether its sender deleted it (then `text` is empty).
+    pub deleted: bool,
+    /// Reactions to it, one per reacting account (the latest wins).
+    pub reactions: Vec<String>,
+    /// The message it replies to.
+    pub reply_to: Option<String>,
+}
+
+impl std::fmt::Debug for ConversationLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConversationLine").field("deleted", &self.deleted).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for ConversationLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}: ", self.status, self.from)?;
+        if let Some(r) = &self.reply_to {
+            write!(f, "(reply to {r}) ")?;
+        }
+        if self.deleted {
+            f.write_str("[deleted]")?;
+        } else {
+            f.write_str(&self.text)?;
+            if self.edited {
+                f.write_str(" (edited)")?;
+            }
+        }
+        if !self.reactions.is_empty() {
+            write!(f, " {}", self.reactions.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The conversation view of history entries (oldest first): edits and deletions apply only to
+/// messages of the same sender; reactions are kept per reacting account.
+pub fn conversation(entries: &[crate::store::HistoryEntry]) -> Vec<ConversationLine> {
+    use std::collections::HashMap;
+    let mut lines: Vec<ConversationLine> = Vec::new();
+    let mut senders: Vec<String> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut reactions: Vec<Vec<(String, String)>> = Vec::new();
+    for e in entries {
+        let from = match e.direction {
+            crate::store::Direction::Out => "me".to_owned(),
+            crate::store::Direction::In => e.sender_account.clone(),
+        };
+        let message = <proto::Message as prost::Message>::decode(e.content.as_slice()).ok();
+        let body = message.as_ref().map(body_of);
+        match body {
+            Some(Body::Edit { target, text }) => {
+                if let Some(&i) = index.get(&target)
+                    && senders[i] == e.sender_account
+                {
+                    lines[i].text = text;
+                    lines[i].edited = true;
+                }
+            }
+            Some(Body::Delete { target }) => {
+                if let Some(&i) = index.get(&target)
+                    && senders[i] == e.sender_account
+                {
+                    lines[i].text.clear();
+                    lines[i].deleted = true;
+                }
+            }
+            Some(Body::Reaction { target, emoji }) => {
+                if let Some(&i) = index.get(&target) {
+                    let list = &mut reactions[i];
+                    list.retain(|(who, _)| *who != e.sender_account);
+                    if !emoji.is_empty() {
+                        list.push((e.sender_account.clone(), emoji));
+                    }
+                    lines[i].reactions = list.iter().map(|(_, r)| r.clone()).collect();
+                }
+            }
+            other => {
+                let text = other.map_or_else(|| "[unreadable]".to_owned(), |b| b.to_string());
+                index.insert(e.message_id.clone(), lines.len());
+                senders.push(e.sender_account.clone());
+                reactions.push(Vec::new());
+                lines.push(ConversationLine {
+                    id: e.message_id.clone(),
+                    from,
+                    status: e.status.as_str().to_owned(),
+                    text,
+                    edited: false,
+                    deleted: false,
+                    reactions: Vec::new(),
+                    reply_to: message.and_then(|m| m.quoted).map(|q| q.message_id),
+                });
+            }
+        }
+    }
+    lines
 }
 
 /// A client profile, connected or not.
@@ -899,6 +1047,68 @@ impl Client {
         self.send_message(to, message, MessageType::Text).await
     }
 
+    fn content_message(&mut self, content: proto::message::Content) -> proto::Message {
+        proto::Message {
+            id: interop_e2ee::new_message_id(&mut self.rng),
+            timestamp_ms: crate::store::now_ms() as u64,
+            content: Some(content),
+            ..Default::default()
+        }
+    }
+
+    /// Replies to message `quoted_id` (of `quoted_sender`'s account) with a text.
+    pub async fn send_reply(
+        &mut self,
+        to: &str,
+        text: &str,
+        quoted_id: &str,
+        quoted_sender: &str,
+    ) -> Result<String> {
+        let preview: String = match self.db.history(quoted_sender, 1000).await {
+            Ok(h) => h
+                .into_iter()
+                .find(|e| e.message_id == quoted_id)
+                .and_then(|e| <proto::Message as prost::Message>::decode(e.content.as_slice()).ok())
+                .map(|m| body_of(&m).to_string().chars().take(100).collect())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let mut message = self
+            .content_message(proto::message::Content::Text(proto::Text { body: text.to_owned() }));
+        message.quoted = Some(proto::QuotedReference {
+            message_id: quoted_id.to_owned(),
+            sender: quoted_sender.to_owned(),
+            preview,
+        });
+        self.send_message(to, message, MessageType::Text).await
+    }
+
+    /// Reacts to message `target` with `emoji` (empty: removes the reaction).
+    pub async fn send_reaction(&mut self, to: &str, target: &str, emoji: &str) -> Result<String> {
+        let message = self.content_message(proto::message::Content::Reaction(proto::Reaction {
+            target_id: target.to_owned(),
+            emoji: emoji.to_owned(),
+        }));
+        self.send_message(to, message, MessageType::Text).await
+    }
+
+    /// Replaces the text of this user's message `target`.
+    pub async fn send_edit(&mut self, to: &str, target: &str, text: &str) -> Result<String> {
+        let message = self.content_message(proto::message::Content::Edit(proto::Edit {
+            target_id: target.to_owned(),
+            text: Some(proto::Text { body: text.to_owned() }),
+        }));
+        self.send_message(to, message, MessageType::Text).await
+    }
+
+    /// Deletes this user's message `target` for everyone in the conversation.
+    pub async fn send_delete(&mut self, to: &str, target: &str) -> Result<String> {
+        let message = self.content_message(proto::message::Content::Delete(proto::Delete {
+            target_id: target.to_owned(),
+        }));
+        self.send_message(to, message, MessageType::Text).await
+    }
+
     /// Sends a content message; retries once with fresh device lists on `stale-devices`.
     pub async fn send_message(
         &mut self,
@@ -1161,6 +1371,8 @@ impl Client {
             })
             .collect();
         let body = received.message().map(body_of);
+        let reply_to =
+            received.message().and_then(|m| m.quoted.as_ref()).map(|q| q.message_id.clone());
         let media = received.message().and_then(|m| match &m.content {
             Some(
                 proto::message::Content::Image(x)
@@ -1196,6 +1408,7 @@ impl Client {
             from_account: sender_account,
             from_device: incoming.sender.device(),
             body,
+            reply_to,
             media,
         })))
     }

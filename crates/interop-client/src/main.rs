@@ -87,6 +87,37 @@ enum Command {
         /// The recipient: an identifier (phone number, provider username) or an address.
         #[arg(long)]
         to: String,
+        /// Reply to this message id (of this conversation).
+        #[arg(long)]
+        reply_to: Option<String>,
+    },
+    /// React to a message with an emoji (an empty emoji removes the reaction).
+    React {
+        /// The message id.
+        id: String,
+        /// The emoji.
+        emoji: String,
+        /// The conversation: an identifier or an address.
+        #[arg(long)]
+        to: String,
+    },
+    /// Replace the text of one of your messages.
+    Edit {
+        /// The message id.
+        id: String,
+        /// The new text.
+        text: String,
+        /// The conversation: an identifier or an address.
+        #[arg(long)]
+        to: String,
+    },
+    /// Delete one of your messages for everyone in the conversation.
+    Delete {
+        /// The message id.
+        id: String,
+        /// The conversation: an identifier or an address.
+        #[arg(long)]
+        to: String,
     },
     /// Send a file (image, video, voice or any file, by its extension): encrypted, uploaded to
     /// your media host with a progress bar, then announced to the recipient.
@@ -361,10 +392,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 "opted out: the gatekeeper deleted your interop account".into()
             });
         }
-        Command::Send { text, to } => {
+        Command::Send { text, to, reply_to } => {
             client.connect().await?;
-            let id = client.send_text(&to, &text).await?;
+            let id = match reply_to {
+                Some(quoted) => {
+                    // The quoted message is the peer's or our own: find whose it is.
+                    let peer = client.lookup(&to).await?.account;
+                    let mine = client.address().await?.map(|a| a.account).unwrap_or_default();
+                    let theirs = client.db().has_message(&peer, &quoted).await?;
+                    let sender = if theirs { peer } else { mine };
+                    client.send_reply(&to, &text, &quoted, &sender).await?
+                }
+                None => client.send_text(&to, &text).await?,
+            };
             out(json, serde_json::json!({"sent": id}), || format!("sent id={id}"));
+        }
+        Command::React { id, emoji, to } => {
+            client.connect().await?;
+            let sent = client.send_reaction(&to, &id, &emoji).await?;
+            out(json, serde_json::json!({"sent": sent}), || format!("sent id={sent}"));
+        }
+        Command::Edit { id, text, to } => {
+            client.connect().await?;
+            let sent = client.send_edit(&to, &id, &text).await?;
+            out(json, serde_json::json!({"sent": sent}), || format!("sent id={sent}"));
+        }
+        Command::Delete { id, to } => {
+            client.connect().await?;
+            let sent = client.send_delete(&to, &id).await?;
+            out(json, serde_json::json!({"sent": sent}), || format!("sent id={sent}"));
         }
         Command::SendFile { path, to, caption } => {
             client.connect().await?;
@@ -485,19 +541,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(c) => c.account,
                 None => interop_client::client::account_of(&with),
             };
-            for entry in client.db().history(&account, limit).await? {
-                let body = interop_e2ee::proto::Message::decode(entry.content.as_slice())
-                    .map(|m| interop_client::client::body_of(&m).to_string())
-                    .unwrap_or_else(|_| "[unreadable]".into());
-                let who = if entry.direction == interop_client::store::Direction::Out {
-                    "me"
-                } else {
-                    entry.sender_account.as_str()
-                };
+            let entries = client.db().history(&account, limit).await?;
+            let view = interop_client::client::conversation(&entries);
+            for line in view {
                 out(
                     json,
-                    serde_json::json!({"id": entry.message_id, "from": who, "status": entry.status.as_str(), "text": body}),
-                    || format!("[{}] {who}: {body}", entry.status.as_str()),
+                    serde_json::json!({"id": line.id, "from": line.from, "status": line.status,
+                                       "text": line.text, "edited": line.edited,
+                                       "deleted": line.deleted, "reactions": line.reactions,
+                                       "reply_to": line.reply_to}),
+                    || line.to_string(),
                 );
             }
         }
@@ -559,5 +612,3 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     client.disconnect().await.ok();
     Ok(0)
 }
-
-use prost::Message as _;
