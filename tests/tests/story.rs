@@ -26,10 +26,16 @@ struct Running {
 impl Running {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let codes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        Self::start_in(dir, "127.0.0.1:0".parse().unwrap(), Arc::default()).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        listen: std::net::SocketAddr,
+        codes: Arc<Mutex<HashMap<String, String>>>,
+    ) -> Self {
         let sink = Arc::clone(&codes);
-        let mut config =
-            GatekeeperConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+        let mut config = GatekeeperConfig::new(listen, dir.path().to_owned());
         config.dev = true;
         config.code_sink = Some(Arc::new(move |identifier: &str, code: &str| {
             sink.lock().unwrap().insert(identifier.to_owned(), code.to_owned());
@@ -43,6 +49,16 @@ impl Running {
             let _ = stopped.await;
         }));
         Self { addr, root, key, _dir: dir, stop: Some(stop), task, codes }
+    }
+
+    /// Stops the gatekeeper (graceful) and starts a new one on the same data and address.
+    async fn restart(mut self) -> Self {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap().unwrap();
+        let addr = self.addr.parse().unwrap();
+        let codes = Arc::clone(&self.codes);
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, addr, codes).await
     }
 
     fn options(&self, account: &str) -> ConnectOptions {
@@ -231,9 +247,8 @@ async fn client_handles_work_from_a_multi_threaded_runtime() {
         (alice, id)
     });
     let (alice, id) = sender.await.unwrap();
-    let event = tokio::time::timeout(std::time::Duration::from_secs(10), bob_events.next())
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), bob_events.next_event())
         .await
-        .unwrap()
         .unwrap()
         .unwrap();
     match event {
@@ -244,11 +259,11 @@ async fn client_handles_work_from_a_multi_threaded_runtime() {
         other => panic!("bob got {other:?}"),
     }
     // Alice's actor is connected since the send: Bob's delivery receipt reaches her events.
-    let receipt = tokio::time::timeout(std::time::Duration::from_secs(10), alice_events.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let receipt =
+        tokio::time::timeout(std::time::Duration::from_secs(10), alice_events.next_event())
+            .await
+            .unwrap()
+            .unwrap();
     assert!(matches!(receipt, Event::Receipt { kind: ReceiptType::Delivery, .. }), "{receipt:?}");
     drop(alice);
     gk.stop().await;
@@ -299,5 +314,55 @@ async fn replies_reactions_edits_and_deletes_shape_the_conversation() {
     );
     assert_eq!(got[1].reply_to.as_deref(), Some(first.as_str()));
     assert_eq!(got[1].body, Body::Text("yes!".into()));
+    gk.stop().await;
+}
+
+async fn next(u: &mut interop_client::Events) -> interop_client::Update {
+    tokio::time::timeout(std::time::Duration::from_secs(20), u.next()).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_handle_reconnects_after_a_server_restart_and_reports_it() {
+    use interop_client::{ConnectionState, Update};
+    let gk = Running::start().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let mut alice = gk.native(&dirs.path().join("alice"), "+15550501").await;
+    let (bob, mut updates) = interop_client::ClientHandle::spawn(&dirs.path().join("bob")).unwrap();
+    bob.set_server(&gk.addr, gk.root).await.unwrap();
+    bob.register("+15550502").await.unwrap();
+    let code = gk.codes.lock().unwrap().get("+15550502").cloned().unwrap();
+    bob.confirm("+15550502", &code).await.unwrap();
+    bob.connect().await.unwrap();
+    assert!(matches!(
+        next(&mut updates).await,
+        Update::Connection(ConnectionState::Connected { .. })
+    ));
+
+    let gk = gk.restart().await;
+    // The old connection ends (system-shutdown); the actor reports it and reconnects by itself.
+    match next(&mut updates).await {
+        Update::Connection(ConnectionState::Disconnected { retry_in, .. }) => {
+            assert!(retry_in <= std::time::Duration::from_secs(2), "{retry_in:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    loop {
+        match next(&mut updates).await {
+            Update::Connection(ConnectionState::Connected { resumed }) => {
+                assert!(resumed, "the cached server key resumes with IK");
+                break;
+            }
+            // The server may not be listening at the first retry: another back-off.
+            Update::Connection(ConnectionState::Disconnected { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Alice's plain Client does not reconnect by itself.
+    alice.connect().await.unwrap();
+    let id = alice.send_text("+15550502", "after the restart").await.unwrap();
+    match next(&mut updates).await {
+        Update::Event(Event::Message(m)) => assert_eq!(m.id, id),
+        other => panic!("{other:?}"),
+    }
     gk.stop().await;
 }

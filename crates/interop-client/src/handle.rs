@@ -6,9 +6,15 @@
 //! The actor races new requests against the connection with [`Client::readable`] (cancel-safe)
 //! and handles what arrived with [`Client::pending_event`] to completion, so no stanza is lost
 //! when a request interrupts the wait.
+//!
+//! After [`ClientHandle::connect`] the actor stays connected: when the connection breaks it
+//! reports [`ConnectionState::Disconnected`] and reconnects with exponential back-off (1 s
+//! doubling to 30 s, ±50% jitter), fetching a fresh provider token each time, until
+//! [`ClientHandle::disconnect`].
 
 use std::path::{Path, PathBuf};
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,18 +44,62 @@ pub struct ClientHandle {
     tx: mpsc::UnboundedSender<Request>,
 }
 
-/// The events of a [`ClientHandle`]'s connection, in order. A connection failure arrives as an
-/// `Err` (the actor is then disconnected; call [`ClientHandle::connect`] again).
+/// The connection as the actor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Connected (`resumed`: with IK resumption).
+    Connected {
+        /// Whether the handshake resumed with the cached server key.
+        resumed: bool,
+    },
+    /// The connection broke or could not be made; the actor tries again after `retry_in`.
+    Disconnected {
+        /// Why (no identifiers or content).
+        reason: String,
+        /// When the next attempt is made.
+        retry_in: Duration,
+    },
+}
+
+/// What the actor reports, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// Something happened on the connection.
+    Event(Event),
+    /// The connection state changed.
+    Connection(ConnectionState),
+}
+
+/// The updates of a [`ClientHandle`], in order.
 #[derive(Debug)]
 pub struct Events {
-    rx: mpsc::Receiver<Result<Event>>,
+    rx: mpsc::Receiver<Update>,
 }
 
 impl Events {
-    /// The next event; `None` once the actor stopped.
-    pub async fn next(&mut self) -> Option<Result<Event>> {
+    /// The next update; `None` once the actor stopped.
+    pub async fn next(&mut self) -> Option<Update> {
         self.rx.recv().await
     }
+
+    /// The next [`Event`], skipping connection-state updates; `None` once the actor stopped.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.recv().await? {
+                Update::Event(e) => return Some(e),
+                Update::Connection(_) => {}
+            }
+        }
+    }
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `base` with ±50% jitter.
+fn jittered(base: Duration) -> Duration {
+    let factor = 0.5 + rand::random::<f64>();
+    base.mul_f64(factor)
 }
 
 /// Events buffered for a slow consumer before the actor stops reading the connection (the
@@ -60,7 +110,7 @@ impl ClientHandle {
     /// Opens the profile in `dir` on a new thread and returns the handle and its events.
     pub fn spawn(dir: &Path) -> Result<(Self, Events)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+        let (events_tx, events_rx) = mpsc::channel::<Update>(EVENT_BUFFER);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let dir = dir.to_owned();
         thread::Builder::new().name("interop-client".into()).spawn(move || {
@@ -171,40 +221,92 @@ impl ClientHandle {
     }
 }
 
+/// The actor's connection intent and retry schedule.
+struct Link {
+    /// Whether the user asked to be connected (reconnect after failures).
+    wanted: bool,
+    backoff: Duration,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Link {
+    /// Records a failure and schedules the next attempt; returns the state to report.
+    fn failed(&mut self, e: &Error) -> ConnectionState {
+        let wait = jittered(self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Some(tokio::time::Instant::now() + wait);
+        ConnectionState::Disconnected { reason: e.to_string(), retry_in: wait }
+    }
+
+    fn connected(&mut self) {
+        self.backoff = FIRST_BACKOFF;
+        self.retry_at = None;
+    }
+}
+
 async fn actor(
     mut client: Client,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    events: mpsc::Sender<Result<Event>>,
+    updates: mpsc::Sender<Update>,
 ) {
+    let mut link = Link { wanted: false, backoff: FIRST_BACKOFF, retry_at: None };
     loop {
         let connected = client.is_connected();
+        let retry_at = link.retry_at.filter(|_| link.wanted && !connected);
         tokio::select! {
             request = requests.recv() => {
                 let Some(request) = request else { break };
-                serve(&mut client, request).await;
+                if let Some(state) = serve(&mut client, &mut link, request).await
+                    && updates.send(Update::Connection(state)).await.is_err()
+                {
+                    break;
+                }
+            }
+            () = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let state = match client.connect().await {
+                    Ok(resumed) => {
+                        link.connected();
+                        ConnectionState::Connected { resumed }
+                    }
+                    Err(e) => link.failed(&e),
+                };
+                if updates.send(Update::Connection(state)).await.is_err() {
+                    break;
+                }
             }
             arrived = client.readable(), if connected => {
-                if let Err(e) = arrived {
-                    let _ = client.disconnect().await;
-                    if events.send(Err(e)).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                // Handle everything that arrived, to completion (not raced).
-                loop {
-                    match client.pending_event().await {
-                        Ok(Some(event)) => {
-                            if events.send(Ok(event)).await.is_err() {
-                                return;
+                let mut failure = arrived.err();
+                if failure.is_none() {
+                    // Handle everything that arrived, to completion (not raced).
+                    loop {
+                        match client.pending_event().await {
+                            Ok(Some(event)) => {
+                                if updates.send(Update::Event(event)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
                             }
                         }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = client.disconnect().await;
-                            let _ = events.send(Err(e)).await;
-                            break;
-                        }
+                    }
+                }
+                if let Some(e) = failure {
+                    let _ = client.disconnect().await;
+                    let state = if link.wanted {
+                        link.failed(&e)
+                    } else {
+                        ConnectionState::Disconnected { reason: e.to_string(), retry_in: Duration::MAX }
+                    };
+                    if updates.send(Update::Connection(state)).await.is_err() {
+                        break;
                     }
                 }
             }
@@ -213,7 +315,8 @@ async fn actor(
     let _ = client.disconnect().await;
 }
 
-async fn serve(client: &mut Client, request: Request) {
+/// Serves one request; returns a connection state to report, if it changed one.
+async fn serve(client: &mut Client, link: &mut Link, request: Request) -> Option<ConnectionState> {
     match request {
         Request::SetServer(server, root, reply) => {
             let _ = reply.send(client.set_server(&server, &root).await);
@@ -234,9 +337,21 @@ async fn serve(client: &mut Client, request: Request) {
             let _ = reply.send(client.enlist().await);
         }
         Request::Connect(reply) => {
-            let _ = reply.send(client.connect().await);
+            link.wanted = true;
+            let result = client.connect().await;
+            let state = match &result {
+                Ok(resumed) => {
+                    link.connected();
+                    ConnectionState::Connected { resumed: *resumed }
+                }
+                Err(e) => link.failed(e),
+            };
+            let _ = reply.send(result);
+            return Some(state);
         }
         Request::Disconnect(reply) => {
+            link.wanted = false;
+            link.retry_at = None;
             let _ = reply.send(client.disconnect().await);
         }
         Request::SendText(to, text, reply) => {
@@ -253,4 +368,5 @@ async fn serve(client: &mut Client, request: Request) {
             let _ = reply.send(client.address().await);
         }
     }
+    None
 }

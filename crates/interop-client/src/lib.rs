@@ -18,7 +18,7 @@ pub mod tui;
 
 pub use client::{Address, Body, Client, Event, Received, Role};
 pub use connection::{ConnectOptions, Connection};
-pub use handle::{ClientHandle, Events};
+pub use handle::{ClientHandle, ConnectionState, Events, Update};
 
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
