@@ -366,3 +366,78 @@ async fn a_client_handle_reconnects_after_a_server_restart_and_reports_it() {
     }
     gk.stop().await;
 }
+
+async fn next_message(c: &mut Client) -> Event {
+    loop {
+        match c.next_event().await.unwrap() {
+            Event::Receipt { .. } => {}
+            other => return other,
+        }
+    }
+}
+
+/// Bob reinstalls (same device key, new Signal identity): Alice's next message cannot be
+/// decrypted, Bob asks for a retry, Alice's client archives the session, and her next message
+/// starts a fresh one from Bob's new bundle, reporting the identity change with the new safety
+/// number.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reinstall_is_detected_and_the_session_recovers_through_a_retry() {
+    let gk = Running::start().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let mut alice = gk.native(&dirs.path().join("alice"), "+15550601").await;
+    let bob_dir = dirs.path().join("bob");
+    let mut bob = gk.native(&bob_dir, "+15550602").await;
+    alice.send_text("+15550602", "hello").await.unwrap();
+    assert!(matches!(bob.next_event().await.unwrap(), Event::Message(_)));
+    bob.send_text("+15550601", "hi").await.unwrap();
+    loop {
+        if let Event::Message(_) = alice.next_event().await.unwrap() {
+            break;
+        }
+    }
+    let old_number = alice.safety_number("+15550602").await.unwrap();
+
+    // Reinstall: a new profile with the same device key, registered again.
+    bob.disconnect().await.unwrap();
+    drop(bob);
+    let new_dir = dirs.path().join("bob-reinstalled");
+    std::fs::create_dir_all(&new_dir).unwrap();
+    std::fs::copy(bob_dir.join("device.key"), new_dir.join("device.key")).unwrap();
+    let mut bob = gk.native(&new_dir, "+15550602").await;
+
+    let lost = alice.send_text("+15550602", "lost in the reinstall").await.unwrap();
+    loop {
+        match bob.next_event().await.unwrap() {
+            Event::Undecryptable { id, .. } => {
+                assert_eq!(id, lost);
+                break;
+            }
+            // Receipts queued for the device before the reinstall.
+            Event::Receipt { .. } => {}
+            other => panic!("bob got {other:?}"),
+        }
+    }
+    loop {
+        match alice.next_event().await.unwrap() {
+            Event::Receipt { kind: ReceiptType::Retry, ids, .. } => {
+                assert_eq!(ids, vec![lost.clone()]);
+                break;
+            }
+            Event::Receipt { .. } => {}
+            other => panic!("alice got {other:?}"),
+        }
+    }
+    let again = alice.send_text("+15550602", "sent again").await.unwrap();
+    match alice.next_event().await.unwrap() {
+        Event::IdentityChanged { safety_number, .. } => assert_ne!(safety_number, old_number),
+        other => panic!("alice got {other:?}"),
+    }
+    match next_message(&mut bob).await {
+        Event::Message(m) => {
+            assert_eq!(m.id, again);
+            assert_eq!(m.body, Body::Text("sent again".into()));
+        }
+        other => panic!("bob got {other:?}"),
+    }
+    gk.stop().await;
+}

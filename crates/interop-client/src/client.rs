@@ -1025,10 +1025,19 @@ impl Client {
                     signature: b.kyber_prekey.signature,
                 },
             };
-            self.account
+            let events = self
+                .account
                 .process_bundle(&peer, &bundle, SystemTime::now(), &mut self.rng)
                 .await
                 .map_err(e2ee)?;
+            if events.iter().any(|e| matches!(e, interop_e2ee::Event::IdentityChanged { .. }))
+                && let Ok(number) = self.account.safety_number(peer.account(), &bundle.identity)
+            {
+                self.events.push_back(Event::IdentityChanged {
+                    account: peer.account().to_owned(),
+                    safety_number: number,
+                });
+            }
         }
         Ok(())
     }
@@ -1308,6 +1317,16 @@ impl Client {
                 if let Some(status) = status {
                     for id in &ids {
                         let _ = self.db.set_status(&me.account, id, status).await;
+                    }
+                }
+                if receipt.kind == ReceiptType::Retry
+                    && let Some(peer) = interop_e2ee::stanza::parse_device_jid(&from)
+                {
+                    // The peer could not decrypt: archive the session, so the next message to
+                    // that device starts a fresh one from a new bundle.
+                    self.account.reset_session(&peer).await.map_err(e2ee)?;
+                    for id in &ids {
+                        let _ = self.db.set_status(&me.account, id, MessageStatus::Failed).await;
                     }
                 }
                 self.send_node(&ack.into_node()).await?;

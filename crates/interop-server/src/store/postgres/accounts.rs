@@ -208,6 +208,15 @@ impl PgStore {
                 .bind(i64::from(address.device))
                 .execute(&mut *tx)
                 .await?;
+                // "Keys replaced by the new bundle": one-time prekeys of the previous bundle may
+                // belong to an identity the device no longer has (a reinstall).
+                sqlx::query(
+                    "DELETE FROM one_time_prekeys WHERE account_id = $1 AND device_id = $2",
+                )
+                .bind(&address.account)
+                .bind(i64::from(address.device))
+                .execute(&mut *tx)
+                .await?;
                 (address, false)
             }
             None => {

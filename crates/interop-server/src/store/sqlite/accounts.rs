@@ -168,6 +168,14 @@ impl AccountStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(storage)?;
+                // "Keys replaced by the new bundle": one-time prekeys of the previous bundle may
+                // belong to an identity the device no longer has (a reinstall).
+                sqlx::query("DELETE FROM one_time_prekeys WHERE account_id = ? AND device_id = ?")
+                    .bind(&address.account)
+                    .bind(i64::from(address.device))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(storage)?;
                 (address, false)
             }
             None => {
