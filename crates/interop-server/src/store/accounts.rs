@@ -297,6 +297,11 @@ pub(crate) mod suite {
         let again = store.enlist(&interop("alice"), device(1, 0, 0), 1).await.unwrap();
         assert_eq!(again.address, first.address);
         assert!(!again.new_account && !again.new_device);
+        // A repeat replaces the bundle: the earlier one-time prekeys are gone.
+        store.enlist(&interop("alice"), device(1, 5, 0), 1).await.unwrap();
+        assert_eq!(store.prekey_counts(&first.address).await.unwrap().one_time, 5);
+        store.enlist(&interop("alice"), device(1, 2, 0), 1).await.unwrap();
+        assert_eq!(store.prekey_counts(&first.address).await.unwrap().one_time, 2);
         let second = store.enlist(&interop("alice"), device(2, 0, 0), 2).await.unwrap();
         assert_eq!(second.address.account, first.address.account);
         assert_eq!(second.address.device, 2);
