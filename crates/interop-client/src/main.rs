@@ -226,7 +226,7 @@ async fn probe(client: &mut Client, what: &str) -> anyhow::Result<String> {
     match what {
         "forged-token" => {
             // A valid token with its payload changed (another user), signature kept.
-            client
+            let connected = client
                 .connect_with(|o| {
                     if let Some(jwt) = &mut o.provider_jwt {
                         let parts: Vec<&str> = jwt.split('.').collect();
@@ -241,17 +241,24 @@ async fn probe(client: &mut Client, what: &str) -> anyhow::Result<String> {
                         }
                     }
                 })
-                .await?;
-            wait_for_refusal(client).await
+                .await;
+            match connected {
+                Ok(_) => wait_for_refusal(client).await,
+                Err(e) => refused(e),
+            }
         }
         "leaked-token" => {
             // This user's token, presented from another device key.
             let stolen = interop_noise::StaticKeypair::generate(&mut rand::rng());
-            client.connect_with(|o| o.device_key = stolen).await?;
-            wait_for_refusal(client).await
+            match client.connect_with(|o| o.device_key = stolen).await {
+                Ok(_) => wait_for_refusal(client).await,
+                Err(e) => refused(e),
+            }
         }
         "oversized-stanza" => {
-            client.connect_with(|o| o.max_stanza = Some(4 << 20)).await?;
+            if let Err(e) = client.connect_with(|o| o.max_stanza = Some(4 << 20)).await {
+                bail!("could not connect: {e}");
+            }
             let big = interop_stanza::Node::new("message")
                 .with_attr("id", "big")
                 .with_attr("type", "text")
