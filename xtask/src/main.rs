@@ -6,6 +6,7 @@
 
 mod codegen;
 mod e2e;
+mod loadtest;
 mod services;
 mod util;
 
@@ -26,6 +27,7 @@ commands:
   clippy                     cargo clippy on the whole workspace, warnings are errors
   bench [-p CRATE] [-- ARGS] criterion benches (all, or one crate's)
   services up|down|status    PostgreSQL 15 + Redis on loopback (scratch dir, no systemd)
+  loadtest [OPTS] [-- ARGS]  load generator vs the gatekeeper and ejabberd (loadtest --help)
   cargo ARGS...              any cargo command, with PROTOC set
   protoc-path                print the vendored protoc path (export PROTOC=$(cargo xtask protoc-path))
 ";
@@ -90,6 +92,7 @@ fn run(args: &[String]) -> Result<()> {
         }
         "ci" => ci(),
         "services" => services::run(rest),
+        "loadtest" => loadtest::run(rest),
         "cargo" => {
             let refs: Vec<&str> = rest.iter().map(String::as_str).collect();
             cargo(&refs).status_checked()
