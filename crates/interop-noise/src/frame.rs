@@ -38,6 +38,9 @@ fn read_len(bytes: &[u8]) -> Result<Option<(usize, &[u8])>> {
     Ok(Some((len, &bytes[LEN_PREFIX..])))
 }
 
+/// Buffer capacity kept once every buffered frame was consumed.
+const KEEP: usize = 4 * 1024;
+
 /// A push-based frame decoder: feed any slices with [`push`](Self::push), take whole frames
 /// with [`next_frame`](Self::next_frame). Results never depend on how the input was chunked.
 ///
@@ -66,7 +69,13 @@ impl FrameDecoder {
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.start == self.buf.len() {
-            self.buf.clear();
+            // Everything was consumed: start over, giving a large buffer back (an idle
+            // connection should not keep the memory of its largest frame).
+            if self.buf.capacity() > KEEP {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
             self.start = 0;
         } else if self.start > self.buf.len() / 2 {
             self.buf.drain(..self.start);

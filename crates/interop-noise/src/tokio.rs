@@ -17,7 +17,12 @@ use crate::{
     ServerConfig, ServerHandshake, ServerStep, Transport,
 };
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read per `read` call: small, because every idle connection holds this buffer while it
+/// waits (the frame decoder gathers larger frames across reads).
+const READ_CHUNK: usize = 2 * 1024;
+
+/// Output buffers kept between stanzas at most this large.
+const KEEP: usize = 4 * 1024;
 
 /// An established connection: send and receive whole messages (stanza bytes).
 #[derive(Debug)]
@@ -40,6 +45,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
         self.transport.encrypt_stanza_into(message, &mut self.out)?;
         self.io.write_all(&self.out).await?;
         self.io.flush().await?;
+        if self.out.capacity() > KEEP {
+            self.out = Vec::new();
+        }
         Ok(())
     }
 

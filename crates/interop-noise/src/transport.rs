@@ -23,6 +23,9 @@ pub const DEFAULT_MAX_STANZA: usize = 1 << 20;
 /// The largest stanza that travels unfragmented (one Noise message minus the header byte).
 pub const MAX_WHOLE: usize = MAX_PLAINTEXT - 1;
 
+/// AES-GCM tag length.
+const TAG_LEN: usize = 16;
+
 const WHOLE: u8 = 0x00;
 const FIRST: u8 = 0x01;
 const NEXT: u8 = 0x02;
@@ -34,7 +37,9 @@ const NONCE_LIMIT: u64 = u64::MAX;
 /// Encrypts and decrypts stanzas after a completed handshake.
 pub struct Transport {
     state: snow::TransportState,
-    scratch: Box<[u8]>,
+    /// Ciphertext or plaintext of one Noise message, grown to what a message needs and given
+    /// back after a large one, so an idle connection holds no large buffer.
+    scratch: Vec<u8>,
     plain: Vec<u8>,
     partial: Option<Partial>,
     max_stanza: usize,
@@ -56,8 +61,8 @@ impl Transport {
     pub(crate) fn new(state: snow::TransportState, max_stanza: usize) -> Self {
         Self {
             state,
-            scratch: vec![0u8; MAX_NOISE_MESSAGE].into_boxed_slice(),
-            plain: Vec::with_capacity(MAX_PLAINTEXT),
+            scratch: Vec::new(),
+            plain: Vec::new(),
             partial: None,
             max_stanza: max_stanza.min(u32::MAX as usize),
             nonce_limit: NONCE_LIMIT,
@@ -81,6 +86,12 @@ impl Transport {
         if stanza.len() > self.max_stanza {
             return Err(Error::MessageTooLarge { len: stanza.len(), max: self.max_stanza });
         }
+        let sealed = self.seal_stanza(stanza, out);
+        self.release_large();
+        sealed
+    }
+
+    fn seal_stanza(&mut self, stanza: &[u8], out: &mut Vec<u8>) -> Result<()> {
         if stanza.len() <= MAX_WHOLE {
             return self.seal(&[WHOLE], stanza, out);
         }
@@ -100,6 +111,28 @@ impl Transport {
     /// fragmented stanza is incomplete.
     pub fn decrypt(&mut self, frame_body: &[u8]) -> Result<Option<Vec<u8>>> {
         let n = self.open(frame_body)?;
+        let result = self.fragment(n);
+        // Between stanzas (not between the fragments of one), give large buffers back.
+        if self.partial.is_none() {
+            self.release_large();
+        }
+        result
+    }
+
+    /// Buffers kept between messages at most this large; larger ones are freed after use.
+    const KEEP: usize = 4096;
+
+    fn release_large(&mut self) {
+        if self.scratch.len() > Self::KEEP {
+            self.scratch = Vec::new();
+        }
+        if self.plain.capacity() > Self::KEEP {
+            self.plain = Vec::new();
+        }
+    }
+
+    /// Interprets the `n`-byte plaintext in the scratch buffer as a (fragment of a) stanza.
+    fn fragment(&mut self, n: usize) -> Result<Option<Vec<u8>>> {
         let msg = &self.scratch[..n];
         let (&kind, body) = msg.split_first().ok_or(Error::BadFragment("empty message"))?;
         match kind {
@@ -160,6 +193,10 @@ impl Transport {
         self.plain.clear();
         self.plain.extend_from_slice(header);
         self.plain.extend_from_slice(chunk);
+        let need = (self.plain.len() + TAG_LEN).min(MAX_NOISE_MESSAGE);
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0);
+        }
         // Encrypt into the (aligned) scratch buffer, then frame: AES-GCM over a buffer at
         // offset 3 of `out` costs more than the copy (measured with callgrind).
         let n = self.state.write_message(&self.plain, &mut self.scratch).map_err(Error::Noise)?;
@@ -174,6 +211,10 @@ impl Transport {
         }
         if nonce > 0 && nonce.is_multiple_of(REKEY_INTERVAL) {
             self.state.rekey_incoming();
+        }
+        let need = frame_body.len().min(MAX_NOISE_MESSAGE);
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0);
         }
         self.state.read_message(frame_body, &mut self.scratch).map_err(|e| match e {
             snow::Error::Decrypt | snow::Error::Input => Error::Decrypt,
@@ -341,5 +382,28 @@ mod tests {
         assert_eq!(deliver(&mut rx, &a).unwrap(), vec![b"a".to_vec()]);
         rx.set_receiving_nonce(u64::MAX);
         assert!(matches!(rx.decrypt(&frames(&b)[0]), Err(Error::NonceExhausted)));
+    }
+
+    #[test]
+    fn large_buffers_are_given_back_between_stanzas() {
+        let (mut tx, mut rx) = pair(DEFAULT_MAX_STANZA);
+        assert_eq!((tx.scratch.capacity(), rx.scratch.capacity()), (0, 0), "nothing up front");
+        let small = tx.encrypt_stanza(&[7u8; 300]).unwrap();
+        let body = frame::decode_one(&small).unwrap().to_vec();
+        assert_eq!(rx.decrypt(&body).unwrap().unwrap().len(), 300);
+        assert!(tx.scratch.len() <= Transport::KEEP && rx.scratch.len() <= Transport::KEEP);
+        // A fragmented 200 KiB stanza: the buffers grow while it passes, then shrink.
+        let wire = tx.encrypt_stanza(&vec![9u8; 200 * 1024]).unwrap();
+        assert_eq!(tx.scratch.capacity(), 0);
+        let mut decoder = frame::FrameDecoder::default();
+        decoder.push(&wire);
+        let mut got = None;
+        while let Some(body) = decoder.next_frame().unwrap() {
+            if let Some(s) = rx.decrypt(&body).unwrap() {
+                got = Some(s);
+            }
+        }
+        assert_eq!(got.unwrap().len(), 200 * 1024);
+        assert_eq!((rx.scratch.capacity(), rx.plain.capacity()), (0, 0));
     }
 }
