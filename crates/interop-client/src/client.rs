@@ -383,6 +383,8 @@ pub struct Client {
     backlog: VecDeque<Node>,
     /// Events produced together with another one (an identity change with a message).
     events: VecDeque<Event>,
+    /// When the provider token of the current connection expires (interop users).
+    token_expires: std::cell::Cell<Option<tokio::time::Instant>>,
     next_id: u64,
     http: reqwest::Client,
     /// Print stanzas (as XML) on standard error.
@@ -437,6 +439,7 @@ impl Client {
             conn: None,
             backlog: VecDeque::new(),
             events: VecDeque::new(),
+            token_expires: std::cell::Cell::new(None),
             next_id: 1,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -590,7 +593,12 @@ impl Client {
         let v: serde_json::Value =
             r.json().await.map_err(|_| Error::Provider("bad answer from the provider".into()))?;
         match (v["token"].as_str(), v["push_token"].as_str()) {
-            (Some(t), Some(p)) => Ok((t.to_owned(), p.to_owned())),
+            (Some(t), Some(p)) => {
+                let lifetime = v["expires_in"].as_u64().unwrap_or(600);
+                self.token_expires
+                    .set(Some(tokio::time::Instant::now() + Duration::from_secs(lifetime)));
+                Ok((t.to_owned(), p.to_owned()))
+            }
             _ => Err(Error::Provider("no token in the provider's answer".into())),
         }
     }
@@ -727,6 +735,12 @@ impl Client {
     /// Sends a stanza as it is (probes and tests).
     pub async fn send_raw(&mut self, node: &Node) -> Result<()> {
         self.send_node(node).await
+    }
+
+    /// When the provider token this connection presented expires (interop users; `None` for
+    /// native users). The gatekeeper ends the session then: reconnect before, with a fresh one.
+    pub fn token_expires(&self) -> Option<tokio::time::Instant> {
+        self.token_expires.get()
     }
 
     /// Whether a connection is open.

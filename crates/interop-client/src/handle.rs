@@ -10,7 +10,8 @@
 //! After [`ClientHandle::connect`] the actor stays connected: when the connection breaks it
 //! reports [`ConnectionState::Disconnected`] and reconnects with exponential back-off (1 s
 //! doubling to 30 s, ±50% jitter), fetching a fresh provider token each time, until
-//! [`ClientHandle::disconnect`].
+//! [`ClientHandle::disconnect`]. An interop user's session is renewed with a fresh provider
+//! token a minute before the current one expires (the gatekeeper would end it at expiry).
 
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -94,6 +95,8 @@ impl Events {
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How long before its provider token expires a session is renewed.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// `base` with ±50% jitter.
@@ -253,7 +256,30 @@ async fn actor(
     loop {
         let connected = client.is_connected();
         let retry_at = link.retry_at.filter(|_| link.wanted && !connected);
+        let renew_at = client
+            .token_expires()
+            .filter(|_| connected)
+            .map(|exp| exp.checked_sub(TOKEN_MARGIN).unwrap_or(exp));
         tokio::select! {
+            () = async {
+                match renew_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Renew before the token expires: a new connection with a fresh token.
+                let _ = client.disconnect().await;
+                let state = match client.connect().await {
+                    Ok(resumed) => {
+                        link.connected();
+                        ConnectionState::Connected { resumed }
+                    }
+                    Err(e) => link.failed(&e),
+                };
+                if updates.send(Update::Connection(state)).await.is_err() {
+                    break;
+                }
+            }
             request = requests.recv() => {
                 let Some(request) = request else { break };
                 if let Some(state) = serve(&mut client, &mut link, request).await
