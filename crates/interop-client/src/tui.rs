@@ -898,8 +898,11 @@ mod tests {
         let mut screen = Screen::new(&contact(None), &me(None));
         let reaction = interop_e2ee::proto::Message {
             id: "r".into(),
-            content: Some(interop_e2ee::proto::message::Content::Reaction(
-                interop_e2ee::proto::Reaction { target_id: "1".into(), emoji: "👍".into() },
+            content: Some(interop_e2ee::proto::message::Content::Unsupported(
+                interop_e2ee::proto::Unsupported {
+                    kind: "poll".into(),
+                    fallback_text: String::new(),
+                },
             )),
             ..Default::default()
         };
