@@ -37,8 +37,8 @@ const NONCE_LIMIT: u64 = u64::MAX;
 /// Encrypts and decrypts stanzas after a completed handshake.
 pub struct Transport {
     state: snow::TransportState,
-    /// Ciphertext or plaintext of one Noise message, grown to what a message needs and given
-    /// back after a large one, so an idle connection holds no large buffer.
+    /// Ciphertext or plaintext of one Noise message, grown to the largest message seen (at most
+    /// one Noise message): a connection that only carries small stanzas never holds 64 KiB.
     scratch: Vec<u8>,
     plain: Vec<u8>,
     partial: Option<Partial>,
@@ -86,9 +86,7 @@ impl Transport {
         if stanza.len() > self.max_stanza {
             return Err(Error::MessageTooLarge { len: stanza.len(), max: self.max_stanza });
         }
-        let sealed = self.seal_stanza(stanza, out);
-        self.release_large();
-        sealed
+        self.seal_stanza(stanza, out)
     }
 
     fn seal_stanza(&mut self, stanza: &[u8], out: &mut Vec<u8>) -> Result<()> {
@@ -111,24 +109,7 @@ impl Transport {
     /// fragmented stanza is incomplete.
     pub fn decrypt(&mut self, frame_body: &[u8]) -> Result<Option<Vec<u8>>> {
         let n = self.open(frame_body)?;
-        let result = self.fragment(n);
-        // Between stanzas (not between the fragments of one), give large buffers back.
-        if self.partial.is_none() {
-            self.release_large();
-        }
-        result
-    }
-
-    /// Buffers kept between messages at most this large; larger ones are freed after use.
-    const KEEP: usize = 4096;
-
-    fn release_large(&mut self) {
-        if self.scratch.len() > Self::KEEP {
-            self.scratch = Vec::new();
-        }
-        if self.plain.capacity() > Self::KEEP {
-            self.plain = Vec::new();
-        }
+        self.fragment(n)
     }
 
     /// Interprets the `n`-byte plaintext in the scratch buffer as a (fragment of a) stanza.
@@ -385,16 +366,15 @@ mod tests {
     }
 
     #[test]
-    fn large_buffers_are_given_back_between_stanzas() {
+    fn buffers_grow_to_the_traffic_not_up_front() {
         let (mut tx, mut rx) = pair(DEFAULT_MAX_STANZA);
         assert_eq!((tx.scratch.capacity(), rx.scratch.capacity()), (0, 0), "nothing up front");
         let small = tx.encrypt_stanza(&[7u8; 300]).unwrap();
         let body = frame::decode_one(&small).unwrap().to_vec();
         assert_eq!(rx.decrypt(&body).unwrap().unwrap().len(), 300);
-        assert!(tx.scratch.len() <= Transport::KEEP && rx.scratch.len() <= Transport::KEEP);
-        // A fragmented 200 KiB stanza: the buffers grow while it passes, then shrink.
+        assert!(tx.scratch.len() < 1024 && rx.scratch.len() < 1024, "small traffic, small buffers");
+        // A fragmented 200 KiB stanza: the buffers grow to one Noise message, no more.
         let wire = tx.encrypt_stanza(&vec![9u8; 200 * 1024]).unwrap();
-        assert_eq!(tx.scratch.capacity(), 0);
         let mut decoder = frame::FrameDecoder::default();
         decoder.push(&wire);
         let mut got = None;
@@ -404,6 +384,6 @@ mod tests {
             }
         }
         assert_eq!(got.unwrap().len(), 200 * 1024);
-        assert_eq!((rx.scratch.capacity(), rx.plain.capacity()), (0, 0));
+        assert!(tx.scratch.len() <= MAX_NOISE_MESSAGE && rx.scratch.len() <= MAX_NOISE_MESSAGE);
     }
 }
