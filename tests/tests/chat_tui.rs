@@ -268,6 +268,7 @@ impl World {
             admin_token: String::new(),
             dev: true,
             wake_poll: WAIT,
+            token_lifetime: None,
         })
         .await
         .unwrap();

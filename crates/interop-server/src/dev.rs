@@ -246,6 +246,7 @@ impl Dev {
             admin_token: provider_admin,
             dev: true,
             wake_poll: Duration::from_secs(30),
+            token_lifetime: None,
         })
         .await?;
 

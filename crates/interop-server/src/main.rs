@@ -565,6 +565,7 @@ async fn run_provider(
             admin_token,
             dev,
             wake_poll: Duration::from_secs(30),
+            token_lifetime: None,
         })
         .await
         .context("starting the provider")?;

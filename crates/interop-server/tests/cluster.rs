@@ -1058,6 +1058,7 @@ async fn provider(dir: &Path, stop: &CancellationToken) -> (String, String) {
         admin_token: String::new(),
         dev: true,
         wake_poll: TIMEOUT,
+        token_lifetime: None,
     })
     .await
     .unwrap();

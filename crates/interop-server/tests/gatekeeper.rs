@@ -187,6 +187,7 @@ async fn world() -> World {
         admin_token: String::new(),
         dev: true,
         wake_poll: TIMEOUT,
+        token_lifetime: None,
     })
     .await
     .unwrap();

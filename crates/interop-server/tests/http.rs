@@ -165,6 +165,7 @@ async fn provider_server(limits: MediaLimits, wake_poll: Duration) -> ProviderSe
             admin_token: PROVIDER_ADMIN.into(),
             dev: true,
             wake_poll,
+            token_lifetime: None,
         },
         limits,
     )
@@ -863,6 +864,7 @@ async fn tls_provider(
         admin_token: PROVIDER_ADMIN.into(),
         dev,
         wake_poll: TIMEOUT,
+        token_lifetime: None,
     })
     .await
     .unwrap();

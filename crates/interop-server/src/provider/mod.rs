@@ -64,6 +64,9 @@ pub struct ProviderConfig {
     pub dev: bool,
     /// How long a long-poll waits before answering `false`.
     pub wake_poll: Duration,
+    /// Lifetime of the gatekeeper tokens issued (default 600 s; the gatekeeper accepts at most
+    /// one hour).
+    pub token_lifetime: Option<Duration>,
 }
 
 impl std::fmt::Debug for ProviderConfig {
@@ -185,8 +188,13 @@ impl Provider {
         )?);
         let key = load_signing_key(&config.data_dir.join("signing.key"))?;
         let policy = if config.dev { UrlPolicy::DevLoopbackHttp } else { UrlPolicy::HttpsOnly };
-        let issuer = TokenIssuer::new(&config.issuer, &config.audience, policy)
+        let mut issuer = TokenIssuer::new(&config.issuer, &config.audience, policy)
             .map_err(|e| Error::Config(format!("issuer: {e}")))?;
+        if let Some(lifetime) = config.token_lifetime {
+            issuer = issuer
+                .with_lifetime(lifetime)
+                .map_err(|e| Error::Config(format!("token lifetime: {e}")))?;
+        }
         let signer = standardwebhooks::Webhook::new(&config.push_secret).map_err(|_| {
             Error::Config("the push secret is not a Standard Webhooks secret".into())
         })?;
@@ -456,7 +464,7 @@ async fn token(
     };
     match p.0.store.push_token(&user, &key).await {
         Ok(push_token) => {
-            Json(json!({ "token": jwt, "push_token": push_token, "expires_in": 600 }))
+            Json(json!({ "token": jwt, "push_token": push_token, "expires_in": p.0.config.token_lifetime.map_or(600, |l| l.as_secs()) }))
                 .into_response()
         }
         Err(e) => internal(&e),
@@ -587,6 +595,7 @@ mod tests {
             admin_token: "admin-secret".into(),
             dev: true,
             wake_poll: Duration::from_secs(30),
+            token_lifetime: None,
         })
         .await
         .unwrap();
