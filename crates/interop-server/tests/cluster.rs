@@ -14,16 +14,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use interop_enlist::enlist::{
-    Address, Consent, KeyBundle, Prekey, Request, Response, SignedPrekey,
-};
+use common::{init_tracing, key_bundle, now_secs};
+use interop_enlist::enlist::{Address, Consent, Request, Response};
 use interop_noise::proto::{ClientPayload, Product};
 use interop_noise::tokio::NoiseStream;
 use interop_noise::{ClientConfig, StaticKeypair, TrustAnchor};
@@ -51,17 +52,6 @@ const INTEGRATOR: &str = "example";
 
 /// How long any single wait may take before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(15);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
 
 // --- services ----------------------------------------------------------------------------------
 
@@ -366,24 +356,6 @@ impl User {
 
     fn c(&mut self) -> &mut Client {
         self.client.as_mut().expect("connected")
-    }
-}
-
-/// Syntactically valid Signal key material (the gatekeeper does not verify signatures).
-fn key_bundle(seed: u8) -> KeyBundle {
-    let ec = |tag: u8| {
-        let mut k = vec![0x05];
-        k.extend([seed ^ tag; 32]);
-        k
-    };
-    let mut kyber = vec![0x08];
-    kyber.extend(vec![seed; 1568]);
-    KeyBundle {
-        identity_key: ec(0x11),
-        registration_id: 1000 + u32::from(seed),
-        signed_prekey: SignedPrekey { id: 1, public: ec(0x22), signature: vec![seed; 64] },
-        kyber_prekey: SignedPrekey { id: 2, public: kyber, signature: vec![seed ^ 0x33; 64] },
-        prekeys: (10..13u8).map(|id| Prekey { id: u32::from(id), public: ec(id) }).collect(),
     }
 }
 

@@ -10,16 +10,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use interop_enlist::enlist::{
-    Address, Consent, ErrorCode, KeyBundle, Prekey, Request, Response, SignedPrekey, Status,
-};
+use common::{account_jid, consent, device_jid, init_tracing, key_bundle, new_keys, now_secs};
+use interop_enlist::enlist::{Address, ErrorCode, Request, Response, Status};
 use interop_enlist::{ProviderEntry, SigningKey, sign_compact};
 use interop_noise::proto::{ClientPayload, Product};
 use interop_noise::tokio::NoiseStream;
@@ -42,59 +43,6 @@ use tokio_util::sync::CancellationToken;
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The integrator id the provider is registered under.
 const INTEGRATOR: &str = "example";
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn new_keys() -> StaticKeypair {
-    StaticKeypair::generate(&mut rand::rngs::StdRng::from_os_rng())
-}
-
-/// Syntactically valid Signal key material (the gatekeeper does not verify signatures).
-fn key_bundle(seed: u8) -> KeyBundle {
-    let ec = |tag: u8| {
-        let mut k = vec![0x05];
-        k.extend([seed ^ tag; 32]);
-        k
-    };
-    let mut kyber = vec![0x08];
-    kyber.extend(vec![seed; 1568]);
-    KeyBundle {
-        identity_key: ec(0x11),
-        registration_id: 1000 + u32::from(seed),
-        signed_prekey: SignedPrekey { id: 1, public: ec(0x22), signature: vec![seed; 64] },
-        kyber_prekey: SignedPrekey { id: 2, public: kyber, signature: vec![seed ^ 0x33; 64] },
-        prekeys: (10..13u8).map(|id| Prekey { id: u32::from(id), public: ec(id) }).collect(),
-    }
-}
-
-fn consent() -> Consent {
-    Consent { version: "2026-01".into(), read_receipts: true }
-}
-
-/// `account[.integrator]@s.interop`.
-fn account_jid(a: &Address) -> String {
-    match &a.integrator {
-        Some(i) => format!("{}.{i}@s.interop", a.account),
-        None => format!("{}@s.interop", a.account),
-    }
-}
-
-/// `account[.integrator]:device@s.interop`.
-fn device_jid(a: &Address) -> String {
-    match &a.integrator {
-        Some(i) => format!("{}.{i}:{}@s.interop", a.account, a.device),
-        None => format!("{}:{}@s.interop", a.account, a.device),
-    }
-}
 
 /// A message to account `to` with one payload per device in `devices`.
 fn message(id: &str, to: &str, devices: &[String]) -> Node {

@@ -9,18 +9,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::{account_jid, consent, device_jid, init_tracing, key_bundle, new_keys, now_secs};
 use interop_enlist::ProviderEntry;
-use interop_enlist::enlist::{
-    Address, Consent, KeyBundle, Prekey, Request, Response, SignedPrekey, Status,
-};
+use interop_enlist::enlist::{Address, Request, Response, Status};
 use interop_noise::proto::{ClientPayload, Product};
 use interop_noise::tokio::NoiseStream;
 use interop_noise::{ClientConfig, StaticKeypair, TrustAnchor};
@@ -49,59 +50,8 @@ const ADMIN: &str = "gatekeeper-admin-token";
 const PROVIDER_ADMIN: &str = "provider-admin-token";
 const PASSWORD: &str = "correct horse battery";
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn new_keys() -> StaticKeypair {
-    StaticKeypair::generate(&mut rand::rngs::StdRng::from_os_rng())
-}
-
 fn push_secret() -> String {
     format!("whsec_{}", STANDARD.encode(rand::random::<[u8; 32]>()))
-}
-
-/// Syntactically valid Signal key material (the gatekeeper does not verify signatures).
-fn key_bundle(seed: u8) -> KeyBundle {
-    let ec = |tag: u8| {
-        let mut k = vec![0x05];
-        k.extend([seed ^ tag; 32]);
-        k
-    };
-    let mut kyber = vec![0x08];
-    kyber.extend(vec![seed; 1568]);
-    KeyBundle {
-        identity_key: ec(0x11),
-        registration_id: 1000 + u32::from(seed),
-        signed_prekey: SignedPrekey { id: 1, public: ec(0x22), signature: vec![seed; 64] },
-        kyber_prekey: SignedPrekey { id: 2, public: kyber, signature: vec![seed ^ 0x33; 64] },
-        prekeys: (10..13u8).map(|id| Prekey { id: u32::from(id), public: ec(id) }).collect(),
-    }
-}
-
-fn consent() -> Consent {
-    Consent { version: "2026-01".into(), read_receipts: true }
-}
-
-fn account_jid(a: &Address) -> String {
-    match &a.integrator {
-        Some(i) => format!("{}.{i}@s.interop", a.account),
-        None => format!("{}@s.interop", a.account),
-    }
-}
-
-fn device_jid(a: &Address) -> String {
-    match &a.integrator {
-        Some(i) => format!("{}.{i}:{}@s.interop", a.account, a.device),
-        None => format!("{}:{}@s.interop", a.account, a.device),
-    }
 }
 
 fn message(id: &str, to: &str, devices: &[String]) -> Node {

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
@@ -12,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{Sink, Stream};
-use interop_enlist::enlist::{KeyBundle, Prekey, Request, Response, SignedPrekey};
+use interop_enlist::enlist::{Request, Response};
 use interop_noise::proto::{ClientPayload, Product};
 use interop_noise::tokio::NoiseStream;
 use interop_noise::{ClientConfig, StaticKeypair, TrustAnchor};
@@ -82,22 +84,6 @@ impl AsyncWrite for WsIo {
     }
 }
 
-fn key_bundle() -> KeyBundle {
-    let mut identity = vec![0x05];
-    identity.extend([7u8; 32]);
-    let mut kyber = vec![0x08];
-    kyber.extend(vec![9u8; 1568]);
-    let mut signed = vec![0x05];
-    signed.extend([8u8; 32]);
-    KeyBundle {
-        identity_key: identity,
-        registration_id: 42,
-        signed_prekey: SignedPrekey { id: 1, public: signed.clone(), signature: vec![1; 64] },
-        kyber_prekey: SignedPrekey { id: 2, public: kyber, signature: vec![2; 64] },
-        prekeys: vec![Prekey { id: 10, public: signed }],
-    }
-}
-
 async fn connect(
     http: std::net::SocketAddr,
     root: [u8; 32],
@@ -158,7 +144,8 @@ async fn a_native_user_registers_and_chats_over_websocket() {
     assert!(matches!(response, Response::CodeSent { .. }), "{response:?}");
     assert_eq!(*sent.lock().unwrap(), after_handshake + 1, "one stanza, one WebSocket message");
     let code = codes.lock().unwrap().get("+15550777").cloned().unwrap();
-    let confirm = Request::Confirm { identifier: "+15550777".into(), code, keys: key_bundle() };
+    let confirm =
+        Request::Confirm { identifier: "+15550777".into(), code, keys: common::key_bundle(7) };
     let (_, response) =
         Response::from_node(&request(&mut ws, &confirm.to_node("r2")).await).unwrap();
     assert!(matches!(response, Response::Registered { .. }), "{response:?}");
