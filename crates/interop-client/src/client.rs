@@ -942,17 +942,7 @@ impl Client {
     /// remembers it as a contact. A full address (`...@s.interop`) is taken as it is.
     pub async fn lookup(&mut self, identifier: &str) -> Result<Contact> {
         if identifier.ends_with(&format!("@{SERVER}")) {
-            let local = identifier.trim_end_matches(&format!("@{SERVER}"));
-            let (account, integrator) = match local.split_once('.') {
-                Some((a, i)) => (a.to_owned(), Some(i.to_owned())),
-                None => (local.to_owned(), None),
-            };
-            return Ok(Contact {
-                identifier: identifier.to_owned(),
-                account,
-                integrator,
-                added_ms: crate::store::now_ms(),
-            });
+            return Ok(contact_at(identifier, identifier));
         }
         if let Some(c) = self.db.contact(identifier).await.map_err(Error::store)? {
             return Ok(c);
@@ -972,17 +962,7 @@ impl Client {
             _ => None,
         };
         let jid = jid.ok_or_else(|| Error::UnknownContact(identifier.to_owned()))?;
-        let local = jid.trim_end_matches(&format!("@{SERVER}"));
-        let (account, integrator) = match local.split_once('.') {
-            Some((a, i)) => (a.to_owned(), Some(i.to_owned())),
-            None => (local.to_owned(), None),
-        };
-        let contact = Contact {
-            identifier: identifier.to_owned(),
-            account,
-            integrator,
-            added_ms: crate::store::now_ms(),
-        };
+        let contact = contact_at(identifier, &jid);
         self.db.upsert_contact(&contact).await.map_err(Error::store)?;
         Ok(contact)
     }
@@ -1452,6 +1432,21 @@ fn device_address(account: &str, device: u32) -> Result<DeviceAddress> {
         .ok()
         .and_then(|d| DeviceAddress::new(account, d).ok())
         .ok_or_else(|| Error::Protocol("device number out of range".into()))
+}
+
+/// The contact `identifier` names, at the account address `account[.integrator]@s.interop`.
+fn contact_at(identifier: &str, jid: &str) -> Contact {
+    let local = jid.trim_end_matches(&format!("@{SERVER}"));
+    let (account, integrator) = match local.split_once('.') {
+        Some((a, i)) => (a.to_owned(), Some(i.to_owned())),
+        None => (local.to_owned(), None),
+    };
+    Contact {
+        identifier: identifier.to_owned(),
+        account,
+        integrator,
+        added_ms: crate::store::now_ms(),
+    }
 }
 
 /// The account id of an address `account[.integrator][:device]@server`.

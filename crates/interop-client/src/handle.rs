@@ -245,6 +245,17 @@ impl Link {
         self.backoff = FIRST_BACKOFF;
         self.retry_at = None;
     }
+
+    /// Connects; the state to report (and, on failure, the next attempt scheduled).
+    async fn connect(&mut self, client: &mut Client) -> ConnectionState {
+        match client.connect().await {
+            Ok(resumed) => {
+                self.connected();
+                ConnectionState::Connected { resumed }
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
 }
 
 async fn actor(
@@ -269,13 +280,7 @@ async fn actor(
             } => {
                 // Renew before the token expires: a new connection with a fresh token.
                 let _ = client.disconnect().await;
-                let state = match client.connect().await {
-                    Ok(resumed) => {
-                        link.connected();
-                        ConnectionState::Connected { resumed }
-                    }
-                    Err(e) => link.failed(&e),
-                };
+                let state = link.connect(&mut client).await;
                 if updates.send(Update::Connection(state)).await.is_err() {
                     break;
                 }
@@ -294,13 +299,7 @@ async fn actor(
                     None => std::future::pending().await,
                 }
             } => {
-                let state = match client.connect().await {
-                    Ok(resumed) => {
-                        link.connected();
-                        ConnectionState::Connected { resumed }
-                    }
-                    Err(e) => link.failed(&e),
-                };
+                let state = link.connect(&mut client).await;
                 if updates.send(Update::Connection(state)).await.is_err() {
                     break;
                 }

@@ -116,13 +116,16 @@ pub(super) async fn serve<S: GatekeeperStore, T: Transport>(
     metrics::counter!("interop_handshakes_total", "outcome" => if resumed { "ik" } else { "xx" })
         .increment(1);
     metrics::histogram!("interop_handshake_seconds").record(started.elapsed().as_secs_f64());
+    let codec = Codec::new(header.dictionary_version);
+    let known = codec.is_ok();
     let mut conn = Conn {
-        codec: Codec::new(header.dictionary_version).unwrap_or_default(),
+        // An unknown dictionary: the default one carries the stream error.
+        codec: codec.unwrap_or_default(),
         stream,
         limiter: RateLimiter::new(shared.config.stanza_rate, 1),
         shared: Arc::clone(&shared),
     };
-    if Codec::new(header.dictionary_version).is_err() {
+    if !known {
         conn.close(StreamCondition::UnsupportedVersion, "unknown dictionary version").await;
         return;
     }
