@@ -87,10 +87,22 @@ pub enum Handled {
     Stale,
 }
 
+/// What reaches a session through its channel.
+#[derive(Debug)]
+enum Item {
+    /// Live-only stanzas and close requests.
+    Out(Outbound),
+    /// A copy the store just committed for this device (the commit feed).
+    Copy(Queued),
+}
+
 struct Live {
     id: u64,
     nudge: Arc<Notify>,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<Item>,
+    /// A fed copy did not fit in the channel: later copies are not fed either (they would
+    /// overtake it) until the session has read its queue from the store again.
+    gap: bool,
     /// Cluster mode: the fencing token of this session's device lease (`None`: not leased, e.g.
     /// Redis was unreachable at login; the heartbeat takes the lease when it can).
     lease: Option<u64>,
@@ -186,7 +198,7 @@ impl LiveSessions {
         }
         if let Some(l) = live.remove(device) {
             // The connection may be stuck; it learns on its next `next`.
-            let _ = l.tx.try_send(Outbound::Close(condition));
+            let _ = l.tx.try_send(Item::Out(Outbound::Close(condition)));
             l.nudge.notify_one();
         }
         true
@@ -195,14 +207,41 @@ impl LiveSessions {
     /// Hands a live-only stanza to `device`'s session, if it has one here and room for it.
     pub(crate) fn send_live(&self, device: &DeviceAddress, stanza: Vec<u8>) {
         if let Some(l) = self.lock().get(device) {
-            let _ = l.tx.try_send(Outbound::Stanza(stanza));
+            let _ = l.tx.try_send(Item::Out(Outbound::Stanza(stanza)));
+        }
+    }
+
+    /// Whether `device` has a live session here.
+    fn contains(&self, device: &DeviceAddress) -> bool {
+        self.lock().contains_key(device)
+    }
+
+    /// The commit feed: hands a just-stored copy to its device's live session, if it has one
+    /// here. A copy that does not fit opens a gap: the session is nudged to read its queue, and
+    /// copies are not fed to it until it has started that read (so none overtakes another).
+    fn feed(&self, device: &DeviceAddress, copy: Queued) {
+        let mut live = self.lock();
+        let Some(l) = live.get_mut(device) else { return };
+        if l.gap {
+            return;
+        }
+        if l.tx.try_send(Item::Copy(copy)).is_err() {
+            l.gap = true;
+            l.nudge.notify_one();
+        }
+    }
+
+    /// Session `id` is about to read its queue: fed copies may flow again.
+    fn close_gap(&self, device: &DeviceAddress, id: u64) {
+        if let Some(l) = self.lock().get_mut(device).filter(|l| l.id == id) {
+            l.gap = false;
         }
     }
 
     /// Tells every live session of `account` to close with `condition`.
     pub(crate) fn close_account(&self, account: &str, condition: StreamCondition) {
         for (_, l) in self.lock().iter().filter(|(d, _)| d.account == account) {
-            let _ = l.tx.try_send(Outbound::Close(condition));
+            let _ = l.tx.try_send(Item::Out(Outbound::Close(condition)));
             l.nudge.notify_one();
         }
     }
@@ -217,7 +256,7 @@ pub struct Session {
     id: u64,
     read_receipts: bool,
     nudge: Arc<Notify>,
-    live: mpsc::Receiver<Outbound>,
+    live: mpsc::Receiver<Item>,
     dirty: bool,
     last_sent: i64,
     buffer: VecDeque<Queued>,
@@ -240,6 +279,9 @@ pub struct Chat<S> {
     next_id: AtomicU64,
     offline: Option<OfflineHook>,
     cluster: Option<Arc<Cluster>>,
+    /// The store feeds committed copies to live sessions ([`MessageStore::feed_commits`]):
+    /// a live recipient is not nudged to read them back.
+    fed: bool,
 }
 
 impl<S> std::fmt::Debug for Chat<S> {
@@ -295,7 +337,9 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         live: Arc<LiveSessions>,
         cluster: Option<Arc<Cluster>>,
     ) -> Self {
-        Self { store, config, live, next_id: AtomicU64::new(1), offline, cluster }
+        let feed_live = Arc::clone(&live);
+        let fed = store.feed_commits(Arc::new(move |d: &DeviceAddress, q| feed_live.feed(d, q)));
+        Self { store, config, live, next_id: AtomicU64::new(1), offline, cluster, fed }
     }
 
     /// The cluster layer, when this node is part of one.
@@ -321,6 +365,8 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     /// Starts the live session of an authenticated device. A session the device already had is
     /// told to close with `conflict`. The new session first sends everything queued.
     pub async fn connect(&self, device: DeviceAddress, read_receipts: bool) -> Result<Session> {
+        // Acks of an earlier session may still be on their way to disk.
+        self.store.settle().await?;
         let identity = self
             .store
             .identity_of(&device.account)
@@ -340,10 +386,10 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         let old = self
             .live
             .lock()
-            .insert(device.clone(), Live { id, nudge: Arc::clone(&nudge), tx, lease });
+            .insert(device.clone(), Live { id, nudge: Arc::clone(&nudge), tx, gap: false, lease });
         if let Some(old) = old {
             // The old connection may be stuck; it learns on its next `next`.
-            let _ = old.tx.try_send(Outbound::Close(StreamCondition::Conflict));
+            let _ = old.tx.try_send(Item::Out(Outbound::Close(StreamCondition::Conflict)));
             old.nudge.notify_one();
         }
         Ok(Session {
@@ -397,8 +443,13 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             }
             tokio::select! {
                 biased;
-                out = session.live.recv() => {
-                    return Ok(out.unwrap_or(Outbound::Close(StreamCondition::Conflict)));
+                item = session.live.recv() => {
+                    match item {
+                        None => return Ok(Outbound::Close(StreamCondition::Conflict)),
+                        Some(item) => if let Some(out) = Self::take(session, item) {
+                            return Ok(out);
+                        }
+                    }
                 }
                 () = session.nudge.notified() => session.dirty = true,
             }
@@ -417,8 +468,11 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 self.refill(session).await?;
                 continue;
             }
-            if let Ok(out) = session.live.try_recv() {
-                return Ok(Some(out));
+            if let Ok(item) = session.live.try_recv() {
+                match Self::take(session, item) {
+                    Some(out) => return Ok(Some(out)),
+                    None => continue,
+                }
             }
             // A nudge that already happened is a stored permit: taking it does not wait.
             let notified = std::pin::pin!(session.nudge.notified());
@@ -431,7 +485,24 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         }
     }
 
+    /// What an item from the session's channel means to send: a fed copy the session already
+    /// read from the store (its seq is not above the last one sent) is nothing.
+    fn take(session: &mut Session, item: Item) -> Option<Outbound> {
+        match item {
+            Item::Out(out) => Some(out),
+            Item::Copy(q) if q.seq > session.last_sent => {
+                session.last_sent = q.seq;
+                session.inflight.insert((q.sender, q.message_id), q.seq);
+                Some(Outbound::Stanza(q.stanza))
+            }
+            Item::Copy(_) => None,
+        }
+    }
+
     async fn refill(&self, session: &mut Session) -> Result<()> {
+        if self.fed {
+            self.live.close_gap(&session.device, session.id);
+        }
         let batch =
             self.store.pending(&session.device, session.last_sent, self.config.fetch_batch).await?;
         // Only now (the read completed) does the session's state change: cancel-safe.
@@ -628,8 +699,12 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     /// In a cluster, devices not live here are handed to the cluster layer, which nudges the
     /// node that holds them or wakes them when none does.
     fn notify(&self, devices: &[DeviceAddress]) {
-        let offline: Vec<DeviceAddress> =
-            devices.iter().filter(|d| !self.live.nudge(d)).cloned().collect();
+        // Fed copies reach live sessions without a nudge.
+        let offline: Vec<DeviceAddress> = if self.fed {
+            devices.iter().filter(|d| !self.live.contains(d)).cloned().collect()
+        } else {
+            devices.iter().filter(|d| !self.live.nudge(d)).cloned().collect()
+        };
         if let Some(cluster) = &self.cluster {
             cluster.route(offline);
         } else if let Some(hook) = &self.offline {
@@ -666,7 +741,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             }
         };
         if let Some((_, seq)) = found {
-            self.store.ack(&session.device, seq).await?;
+            self.store.ack_soon(&session.device, seq).await?;
             metrics::counter!("interop_copies_acked_total").increment(1);
         }
         Ok(())
@@ -703,7 +778,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 elsewhere.retain(|d| *d != device.device);
                 if *device != session.device {
                     // Live only: a full buffer drops it.
-                    let _ = l.tx.try_send(Outbound::Stanza(bytes.clone()));
+                    let _ = l.tx.try_send(Item::Out(Outbound::Stanza(bytes.clone())));
                 }
             }
         }
@@ -801,6 +876,8 @@ mod tests {
         ack.kind = got.attr("type").filter(|_| got.tag == "receipt").map(str::to_owned);
         ack.to = Some(from);
         chat.handle(s, ack.into_node(), 2_000).await.unwrap();
+        // Acks are deleted without waiting for the disk; the queue depth shows them once settled.
+        chat.store().settle().await.unwrap();
     }
 
     #[tokio::test]
@@ -1067,6 +1144,48 @@ mod tests {
         );
     }
 
+    /// Copies for a live session come from the store's commit feed; when they overflow its
+    /// channel the session reads the rest from the store, and still gets each once, in order.
+    #[tokio::test]
+    async fn fed_copies_that_overflow_the_session_are_read_from_the_store_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("gk.db"), QueueLimits::default()).await.unwrap(),
+        );
+        let chat =
+            Chat::new(store, ChatConfig { live_buffer: 3, ..ChatConfig::default() }, None);
+        assert!(chat.fed, "SQLite feeds commits");
+        let alice = chat.store().enlist(&interop("alice"), device(1, 0, 0), 0).await.unwrap();
+        let bob = chat.store().enlist(&native("+1555"), device(2, 0, 0), 0).await.unwrap();
+        let (alice, bob) = (alice.address, bob.address);
+        chat.store().set_opt_in(&bob.account, true).await.unwrap();
+        let mut a = chat.connect(alice.clone(), true).await.unwrap();
+        let mut b = chat.connect(bob.clone(), true).await.unwrap();
+        assert_eq!(chat.try_next(&mut b).await.unwrap(), None);
+        let bob_jid = Jid { account: bob.account.clone(), integrator: None, device: None };
+        for i in 0..20 {
+            let m = message(&format!("f{i}"), &bob_jid.to_string(), &[&bob]);
+            match chat.handle(&mut a, m, 1_000).await.unwrap() {
+                Handled::Replies(r) => assert_eq!(r[0].attr("error"), None),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut got = Vec::new();
+        while let Some(Outbound::Stanza(bytes)) = chat.try_next(&mut b).await.unwrap() {
+            let node = binary::decode(&bytes).unwrap();
+            got.push(node.attr("id").unwrap().to_owned());
+            ack_it(&chat, &mut b, &node).await;
+        }
+        let want: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(chat.store().depth(&bob).await.unwrap(), 0);
+        // The gap closed: the next copy comes through the feed again.
+        let m = message("after", &bob_jid.to_string(), &[&bob]);
+        chat.handle(&mut a, m, 1_000).await.unwrap();
+        let next = next_node(&chat, &mut b).await;
+        assert_eq!(next.attr("id"), Some("after"));
+    }
+
     /// A seeded simulation: random sends (with duplicate retries), connects, disconnects,
     /// partial reads with and without acks, and full restarts on the same database. Invariants:
     /// every accepted message reaches every device it was for, in per-sender order, exactly
@@ -1081,7 +1200,8 @@ mod tests {
             let open = || async {
                 Chat::new(
                     Arc::new(SqliteStore::open(&path, QueueLimits::default()).await.unwrap()),
-                    ChatConfig { fetch_batch: 3, ..ChatConfig::default() },
+                    // Small buffers: fed copies overflow the session channel and open gaps.
+                    ChatConfig { fetch_batch: 3, live_buffer: 2, ..ChatConfig::default() },
                     None,
                 )
             };

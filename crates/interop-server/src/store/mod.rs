@@ -95,6 +95,10 @@ impl Default for QueueLimits {
     }
 }
 
+/// Receives each copy a store has just stored durably, with the device it is for (see
+/// [`MessageStore::feed_commits`]). Called on the store's writer: it must not block.
+pub type CommitFeed = std::sync::Arc<dyn Fn(&DeviceAddress, Queued) + Send + Sync>;
+
 /// The durable offline queue.
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores every copy of a message durably, or none. Returns after the data is on disk.
@@ -119,6 +123,33 @@ pub trait MessageStore: Send + Sync + 'static {
         recipient: &DeviceAddress,
         seq: i64,
     ) -> impl Future<Output = crate::Result<bool>> + Send;
+
+    /// Like [`ack`](Self::ack), without waiting for the deletion to be durable or reporting
+    /// whether the copy was there. A deletion lost in a crash only means the copy is delivered
+    /// again, which clients de-duplicate; the caller is spared a commit's wait.
+    fn ack_soon(
+        &self,
+        recipient: &DeviceAddress,
+        seq: i64,
+    ) -> impl Future<Output = crate::Result<()>> + Send {
+        async move { self.ack(recipient, seq).await.map(|_| ()) }
+    }
+
+    /// Waits until every operation this store accepted before the call is durable, the
+    /// [`ack_soon`](Self::ack_soon) ones included. A new session settles before it reads its
+    /// queue, so that a device reconnecting right after acking is not sent the copy again.
+    fn settle(&self) -> impl Future<Output = crate::Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Asks the store to hand every copy it stores to `feed` right after the commit, each
+    /// device's copies in increasing sequence order, so that live sessions need not read them
+    /// back. False when the backend cannot promise that order (or a feed is already set): the
+    /// caller then reads the queues ([`pending`](Self::pending)) as usual.
+    fn feed_commits(&self, feed: CommitFeed) -> bool {
+        let _ = feed;
+        false
+    }
 
     /// How many copies wait for `recipient`.
     fn depth(&self, recipient: &DeviceAddress) -> impl Future<Output = crate::Result<u64>> + Send;

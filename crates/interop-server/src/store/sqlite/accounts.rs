@@ -4,6 +4,9 @@ use rand::Rng;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Acquire, Row};
 
+use std::sync::Arc;
+
+use super::directory::AccountFacts;
 use super::{SqliteStore, storage};
 use crate::Result;
 use crate::store::{
@@ -209,6 +212,7 @@ impl AccountStore for SqliteStore {
         };
         put_prekeys(&mut tx, &address, &device.prekeys).await.map_err(storage)?;
         tx.commit().await.map_err(storage)?;
+        self.directory.forget_account(&account);
         Ok(Enlisted { address, new_account, new_device })
     }
 
@@ -246,30 +250,11 @@ impl AccountStore for SqliteStore {
     }
 
     async fn identity_of(&self, account: &str) -> Result<Option<Identity>> {
-        let row =
-            sqlx::query("SELECT kind, issuer, subject, integrator FROM accounts WHERE id = ?")
-                .bind(account)
-                .fetch_optional(&self.reads)
-                .await
-                .map_err(storage)?;
-        Ok(row.and_then(|r| {
-            Some(Identity {
-                kind: AccountKind::parse(r.get("kind"))?,
-                issuer: r.get("issuer"),
-                subject: r.get("subject"),
-                integrator: r.get("integrator"),
-            })
-        }))
+        Ok(self.facts(account).await?.identity.clone())
     }
 
     async fn devices(&self, account: &str) -> Result<Vec<u32>> {
-        let rows =
-            sqlx::query("SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id")
-                .bind(account)
-                .fetch_all(&self.reads)
-                .await
-                .map_err(storage)?;
-        Ok(rows.iter().map(|r| u32_of(r, "device_id")).collect())
+        Ok(self.facts(account).await?.devices.clone())
     }
 
     async fn push_token(&self, device: &DeviceAddress) -> Result<Option<String>> {
@@ -290,16 +275,12 @@ impl AccountStore for SqliteStore {
             .await
             .map_err(storage)?
             .rows_affected();
+        self.directory.forget_account(account);
         Ok(n == 1)
     }
 
     async fn opted_in(&self, account: &str) -> Result<bool> {
-        Ok(sqlx::query("SELECT opted_in FROM accounts WHERE id = ?")
-            .bind(account)
-            .fetch_optional(&self.reads)
-            .await
-            .map_err(storage)?
-            .is_some_and(|r| r.get::<bool, _>("opted_in")))
+        Ok(self.facts(account).await?.opted_in)
     }
 
     async fn set_consent(&self, account: &str, version: &str, read_receipts: bool) -> Result<()> {
@@ -342,6 +323,7 @@ impl AccountStore for SqliteStore {
             sqlx::query(sql).bind(account).execute(&mut *tx).await.map_err(storage)?;
         }
         tx.commit().await.map_err(storage)?;
+        self.directory.forget_everything_about(account);
         Ok(n == 1)
     }
 
@@ -446,17 +428,68 @@ impl AccountStore for SqliteStore {
             .execute(&self.writes)
             .await
             .map_err(storage)?;
+        self.directory.forget_block(blocker, blocked);
         Ok(())
     }
 
     async fn is_blocked(&self, blocker: &str, blocked: &str) -> Result<bool> {
-        Ok(sqlx::query("SELECT 1 FROM blocks WHERE blocker = ? AND blocked = ?")
+        let ticket = match self.directory.blocked(blocker, blocked) {
+            Ok(on) => return Ok(on),
+            Err(ticket) => ticket,
+        };
+        let on = sqlx::query("SELECT 1 FROM blocks WHERE blocker = ? AND blocked = ?")
             .bind(blocker)
             .bind(blocked)
             .fetch_optional(&self.reads)
             .await
             .map_err(storage)?
-            .is_some())
+            .is_some();
+        self.directory.put_blocked(ticket, blocker, blocked, on);
+        Ok(on)
+    }
+}
+
+impl SqliteStore {
+    /// An account's identity, opt-in and devices: from the directory cache, or read and cached.
+    async fn facts(&self, account: &str) -> Result<Arc<AccountFacts>> {
+        let ticket = match self.directory.account(account) {
+            Ok(facts) => return Ok(facts),
+            Err(ticket) => ticket,
+        };
+        let row = sqlx::query(
+            "SELECT kind, issuer, subject, integrator, opted_in FROM accounts WHERE id = ?",
+        )
+        .bind(account)
+        .fetch_optional(&self.reads)
+        .await
+        .map_err(storage)?;
+        let devices = match &row {
+            Some(_) => sqlx::query(
+                "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id",
+            )
+            .bind(account)
+            .fetch_all(&self.reads)
+            .await
+            .map_err(storage)?
+            .iter()
+            .map(|r| u32_of(r, "device_id"))
+            .collect(),
+            None => Vec::new(),
+        };
+        let facts = Arc::new(AccountFacts {
+            opted_in: row.as_ref().is_some_and(|r| r.get::<bool, _>("opted_in")),
+            identity: row.and_then(|r| {
+                Some(Identity {
+                    kind: AccountKind::parse(r.get("kind"))?,
+                    issuer: r.get("issuer"),
+                    subject: r.get("subject"),
+                    integrator: r.get("integrator"),
+                })
+            }),
+            devices,
+        });
+        self.directory.put_account(ticket, account, Arc::clone(&facts));
+        Ok(facts)
     }
 }
 
