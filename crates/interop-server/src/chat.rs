@@ -37,7 +37,7 @@ use interop_stanza::stanza::{
     Ack, AckClass, ChatState, Message, Presence, Receipt, ReceiptType, StreamCondition,
 };
 use interop_stanza::{Node, binary};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::address::Jid;
 use crate::cluster::Cluster;
@@ -55,11 +55,20 @@ pub struct ChatConfig {
     pub fetch_batch: u32,
     /// Live-only stanzas (chat states) buffered per session before new ones are dropped.
     pub live_buffer: usize,
+    /// Hand copies for live devices straight to their sessions, storing them only when they
+    /// are not acked in time (single node with a store that feeds its commits; see
+    /// [`Chat::handle`]). False: every copy is stored before the sender is acked.
+    pub direct_delivery: bool,
 }
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        Self { message_ttl_ms: 30 * 24 * 3600 * 1000, fetch_batch: 64, live_buffer: 64 }
+        Self {
+            message_ttl_ms: 30 * 24 * 3600 * 1000,
+            fetch_batch: 64,
+            live_buffer: 64,
+            direct_delivery: true,
+        }
     }
 }
 
@@ -94,6 +103,66 @@ enum Item {
     Out(Outbound),
     /// A copy the store just committed for this device (the commit feed).
     Copy(Queued),
+    /// A copy handed over without being stored: `done` fires when the device acks it.
+    Direct { sender: DeviceAddress, key: String, stanza: Vec<u8>, done: oneshot::Sender<()> },
+}
+
+/// A sending device's last message on the direct path: its generation, and a receiver that
+/// completes when it is done.
+type ChainTail = (u64, oneshot::Receiver<()>);
+
+/// What a session sent and its device has not acked yet.
+#[derive(Debug)]
+enum Unacked {
+    /// A stored copy: its seq.
+    Stored(i64),
+    /// A copy handed over directly: whom to tell when it is acked.
+    Direct(oneshot::Sender<()>),
+}
+
+/// How long a message handed straight to live devices waits for their acks before its
+/// unacked copies are stored instead (after which the sender is acked).
+const DIRECT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Messages of one session on the direct path at once, and their bytes: beyond either, a
+/// message is refused with `rate-limited` (bounds what a fast sender makes the server hold).
+const MAX_DIRECT_PER_SESSION: usize = 256;
+const MAX_DIRECT_BYTES_PER_SESSION: usize = 8 << 20;
+
+/// Sender message keys recently accepted on the direct path (which stores no de-duplication
+/// record): a retry among them is answered `duplicate`. Bounded; a retry older than that (or
+/// after a restart) is delivered again, and clients de-duplicate by message id.
+#[derive(Debug, Default)]
+struct Recent {
+    set: std::collections::HashSet<(DeviceAddress, String)>,
+    order: VecDeque<(DeviceAddress, String)>,
+}
+
+const RECENT_KEYS: usize = 65_536;
+
+impl Recent {
+    /// False if `key` from `sender` is already there.
+    fn insert(&mut self, sender: &DeviceAddress, key: &str) -> bool {
+        let k = (sender.clone(), key.to_owned());
+        if self.set.contains(&k) {
+            return false;
+        }
+        if self.order.len() >= RECENT_KEYS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(k.clone());
+        self.order.push_back(k);
+        true
+    }
+
+    fn remove(&mut self, sender: &DeviceAddress, key: &str) {
+        let k = (sender.clone(), key.to_owned());
+        if self.set.remove(&k) {
+            self.order.retain(|o| *o != k);
+        }
+    }
 }
 
 struct Live {
@@ -204,6 +273,25 @@ impl LiveSessions {
         true
     }
 
+    /// Hands a copy straight to `device`'s live session. Refused (the item comes back) when the
+    /// device has no session here, its channel is full, or a gap is open (a stored copy waits to
+    /// be read: a direct one must not overtake it); a full channel opens a gap.
+    fn hand(&self, device: &DeviceAddress, item: Item) -> std::result::Result<(), Item> {
+        let mut live = self.lock();
+        let Some(l) = live.get_mut(device) else { return Err(item) };
+        if l.gap {
+            return Err(item);
+        }
+        match l.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) => {
+                l.gap = true;
+                l.nudge.notify_one();
+                Err(item)
+            }
+        }
+    }
+
     /// Hands a live-only stanza to `device`'s session, if it has one here and room for it.
     pub(crate) fn send_live(&self, device: &DeviceAddress, stanza: Vec<u8>) {
         if let Some(l) = self.lock().get(device) {
@@ -260,9 +348,13 @@ pub struct Session {
     dirty: bool,
     last_sent: i64,
     buffer: VecDeque<Queued>,
-    /// (sender device, stored key) -> seq, for what this session sent and the device has not
-    /// acked yet.
-    inflight: HashMap<(DeviceAddress, String), i64>,
+    /// (sender device, stored key) -> what this session sent and the device has not acked yet.
+    inflight: HashMap<(DeviceAddress, String), Unacked>,
+    /// This session's own channel: deferred acks to its device come back through it.
+    own: mpsc::Sender<Item>,
+    /// Messages of this session on the direct path, and their bytes.
+    direct: Arc<std::sync::atomic::AtomicUsize>,
+    direct_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Session {
@@ -280,8 +372,15 @@ pub struct Chat<S> {
     offline: Option<OfflineHook>,
     cluster: Option<Arc<Cluster>>,
     /// The store feeds committed copies to live sessions ([`MessageStore::feed_commits`]):
-    /// a live recipient is not nudged to read them back.
+    /// a live recipient is not nudged to read them back, and copies for live devices are handed
+    /// over directly (stored only if not acked in time).
     fed: bool,
+    recent: Arc<Mutex<Recent>>,
+    /// Messages whose sender ack waits on direct copies, over all sessions.
+    direct_pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Per sending device, its last message on the direct path (a generation, and a receiver
+    /// that completes when that message is done): the next one waits for it.
+    chains: Arc<Mutex<HashMap<DeviceAddress, ChainTail>>>,
 }
 
 impl<S> std::fmt::Debug for Chat<S> {
@@ -299,6 +398,123 @@ fn receipt_key(kind: ReceiptType, id: &str) -> String {
 
 fn ack_to(id: &str, class: AckClass) -> Ack {
     Ack::new(id, class)
+}
+
+/// One message on the direct path, run after the sender's previous one: stores the copies
+/// for devices not live here, hands the others to their sessions, waits for their acks
+/// (at most [`DIRECT_ACK_WAIT`]), stores those not acked, then acks the sender through its
+/// session's channel.
+struct DirectJob<S> {
+    store: Arc<S>,
+    live: Arc<LiveSessions>,
+    offline: Option<OfflineHook>,
+    recent: Arc<Mutex<Recent>>,
+    own: mpsc::Sender<Item>,
+    sender: DeviceAddress,
+    key: String,
+    copies: Vec<(DeviceAddress, Vec<u8>)>,
+    now_ms: i64,
+    expires_at_ms: i64,
+}
+
+impl<S: MessageStore> DirectJob<S> {
+    async fn run(mut self, ack: Ack) {
+        let copies = std::mem::take(&mut self.copies);
+        let (live, offline): (Vec<_>, Vec<_>) =
+            copies.into_iter().partition(|(d, _)| self.live.contains(d));
+        // Stored first, with the de-duplication record: a refusal hands nothing over.
+        if !offline.is_empty() {
+            match self.store(offline, true).await {
+                Some(None) => {}
+                Some(Some(refusal)) => return self.answer(ack.error(refusal)).await,
+                None => return,
+            }
+        }
+        let mut waits = Vec::new();
+        let mut unacked = Vec::new();
+        for (dev, stanza) in live {
+            let (done, acked) = oneshot::channel();
+            let item = Item::Direct {
+                sender: self.sender.clone(),
+                key: self.key.clone(),
+                stanza: stanza.clone(),
+                done,
+            };
+            match self.live.hand(&dev, item) {
+                Ok(()) => waits.push((dev, stanza, acked)),
+                Err(_) => unacked.push((dev, stanza)),
+            }
+        }
+        metrics::counter!("interop_copies_direct_total").increment(waits.len() as u64);
+        let deadline = tokio::time::Instant::now() + DIRECT_ACK_WAIT;
+        for (dev, stanza, mut acked) in waits {
+            // An error: the session went away without the device acking. Either way the
+            // receiver is closed before the copy is stored: a session that has not sent the
+            // direct copy yet skips it.
+            let outcome = tokio::time::timeout_at(deadline, &mut acked).await;
+            drop(acked);
+            if !matches!(outcome, Ok(Ok(()))) {
+                metrics::counter!("interop_copies_direct_fallback_total").increment(1);
+                unacked.push((dev, stanza));
+            }
+        }
+        if !unacked.is_empty() && self.store(unacked, false).await.is_none() {
+            return;
+        }
+        self.answer(ack).await;
+    }
+
+    /// Stores copies of the message. `Some(None)`: stored; `Some(Some(code))`: refused with
+    /// `code`; `None`: failed (logged; the sender is not acked, so it sends again, and its retry
+    /// must not be taken for a duplicate).
+    async fn store(
+        &self,
+        copies: Vec<(DeviceAddress, Vec<u8>)>,
+        dedupe: bool,
+    ) -> Option<Option<&'static str>> {
+        let devices: Vec<DeviceAddress> = copies.iter().map(|(d, _)| d.clone()).collect();
+        let submission = Submission {
+            sender: self.sender.clone(),
+            message_id: self.key.clone(),
+            copies,
+            expires_at_ms: self.expires_at_ms,
+        };
+        let outcome = if dedupe {
+            self.store.submit(submission, self.now_ms).await
+        } else {
+            self.store.store_copies(submission, self.now_ms).await
+        };
+        let forget = || self.recent.lock().expect("recent lock").remove(&self.sender, &self.key);
+        match outcome {
+            Ok(SubmitOutcome::Stored(_)) => {
+                metrics::counter!("interop_copies_stored_total").increment(devices.len() as u64);
+                // Live devices get them from the commit feed; the others are woken.
+                if let Some(hook) = &self.offline {
+                    for d in devices.into_iter().filter(|d| !self.live.contains(d)) {
+                        hook(d);
+                    }
+                }
+                Some(None)
+            }
+            Ok(SubmitOutcome::Duplicate) => Some(Some("duplicate")),
+            Ok(SubmitOutcome::QueueFull(_)) => {
+                forget();
+                Some(Some("recipient-unavailable"))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "storing a message's copies failed");
+                forget();
+                None
+            }
+        }
+    }
+
+    /// Acks the sender through its session (gone: it sends again and is told `duplicate`).
+    async fn answer(&self, ack: Ack) {
+        if let Ok(bytes) = binary::encode(&ack.into_node()) {
+            let _ = self.own.send(Item::Out(Outbound::Stanza(bytes))).await;
+        }
+    }
 }
 
 /// Whether `sender` may reach `recipient`: both accounts exist, both opted in when one is native
@@ -339,7 +555,18 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     ) -> Self {
         let feed_live = Arc::clone(&live);
         let fed = store.feed_commits(Arc::new(move |d: &DeviceAddress, q| feed_live.feed(d, q)));
-        Self { store, config, live, next_id: AtomicU64::new(1), offline, cluster, fed }
+        Self {
+            store,
+            config,
+            live,
+            next_id: AtomicU64::new(1),
+            offline,
+            cluster,
+            fed,
+            recent: Arc::default(),
+            direct_pending: Arc::default(),
+            chains: Arc::default(),
+        }
     }
 
     /// The cluster layer, when this node is part of one.
@@ -355,6 +582,12 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     /// The store.
     pub fn store(&self) -> &Arc<S> {
         &self.store
+    }
+
+    /// Messages whose sender ack still waits on direct copies (acked by their devices, or
+    /// stored after [`DIRECT_ACK_WAIT`] or when their session goes away).
+    pub fn direct_pending(&self) -> usize {
+        self.direct_pending.load(Ordering::Relaxed)
     }
 
     /// Whether `device` has a live session.
@@ -383,6 +616,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         };
         let nudge = Arc::new(Notify::new());
         let (tx, live) = mpsc::channel(self.config.live_buffer.max(1));
+        let own = tx.clone();
         let old = self
             .live
             .lock()
@@ -403,6 +637,9 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             last_sent: 0,
             buffer: VecDeque::new(),
             inflight: HashMap::new(),
+            own,
+            direct: Arc::default(),
+            direct_bytes: Arc::default(),
         })
     }
 
@@ -434,8 +671,10 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     pub async fn next(&self, session: &mut Session) -> Result<Outbound> {
         loop {
             if let Some(q) = session.buffer.pop_front() {
-                session.inflight.insert((q.sender, q.message_id), q.seq);
-                return Ok(Outbound::Stanza(q.stanza));
+                if Self::sent_stored(session, q.sender, q.message_id, q.seq) {
+                    return Ok(Outbound::Stanza(q.stanza));
+                }
+                continue;
             }
             if session.dirty {
                 self.refill(session).await?;
@@ -461,8 +700,10 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     pub async fn try_next(&self, session: &mut Session) -> Result<Option<Outbound>> {
         loop {
             if let Some(q) = session.buffer.pop_front() {
-                session.inflight.insert((q.sender, q.message_id), q.seq);
-                return Ok(Some(Outbound::Stanza(q.stanza)));
+                if Self::sent_stored(session, q.sender, q.message_id, q.seq) {
+                    return Ok(Some(Outbound::Stanza(q.stanza)));
+                }
+                continue;
             }
             if session.dirty {
                 self.refill(session).await?;
@@ -492,10 +733,35 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             Item::Out(out) => Some(out),
             Item::Copy(q) if q.seq > session.last_sent => {
                 session.last_sent = q.seq;
-                session.inflight.insert((q.sender, q.message_id), q.seq);
-                Some(Outbound::Stanza(q.stanza))
+                Self::sent_stored(session, q.sender, q.message_id, q.seq)
+                    .then_some(Outbound::Stanza(q.stanza))
             }
             Item::Copy(_) => None,
+            // Its message gave up waiting and stored it: the stored copy comes instead.
+            Item::Direct { done, .. } if done.is_closed() => None,
+            Item::Direct { sender, key, stanza, done } => {
+                match session.inflight.get(&(sender.clone(), key.clone())) {
+                    // A stored copy of it is out already: that one is what the device acks.
+                    Some(Unacked::Stored(_)) => drop(done.send(())),
+                    _ => {
+                        session.inflight.insert((sender, key), Unacked::Direct(done));
+                    }
+                }
+                Some(Outbound::Stanza(stanza))
+            }
+        }
+    }
+
+    /// Records a stored copy as sent; false when it need not be sent: the device already has
+    /// the same message from a direct copy it has not acked yet (its ack will delete this one;
+    /// without it, the next session sends it).
+    fn sent_stored(session: &mut Session, sender: DeviceAddress, key: String, seq: i64) -> bool {
+        match session.inflight.insert((sender, key), Unacked::Stored(seq)) {
+            Some(Unacked::Direct(done)) => {
+                let _ = done.send(());
+                false
+            }
+            _ => true,
         }
     }
 
@@ -531,12 +797,12 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             }
         }
         match node.tag.as_str() {
-            "message" => {
-                Ok(Handled::Replies(vec![self.message(session, node, now_ms).await?.into_node()]))
-            }
-            "receipt" => {
-                Ok(Handled::Replies(vec![self.receipt(session, node, now_ms).await?.into_node()]))
-            }
+            "message" => Ok(Handled::Replies(
+                self.message(session, node, now_ms).await?.map(Ack::into_node).into_iter().collect(),
+            )),
+            "receipt" => Ok(Handled::Replies(
+                self.receipt(session, node, now_ms).await?.map(Ack::into_node).into_iter().collect(),
+            )),
             "ack" => {
                 self.ack(session, node).await?;
                 Ok(Handled::Replies(Vec::new()))
@@ -549,11 +815,12 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         }
     }
 
-    async fn message(&self, session: &Session, node: Node, now_ms: i64) -> Result<Ack> {
+    /// The sender's ack, or `None` when it comes later (through the session's channel).
+    async fn message(&self, session: &mut Session, node: Node, now_ms: i64) -> Result<Option<Ack>> {
         let Ok(msg) = Message::from_node(node) else {
-            return Ok(ack_to("", AckClass::Message).error("bad-request"));
+            return Ok(Some(ack_to("", AckClass::Message).error("bad-request")));
         };
-        let refuse = |code: &str| Ok(ack_to(&msg.id, AckClass::Message).error(code));
+        let refuse = |code: &str| Ok(Some(ack_to(&msg.id, AckClass::Message).error(code)));
         let Some(to) = msg.to.as_deref().and_then(Jid::parse) else {
             return refuse("bad-request");
         };
@@ -618,27 +885,30 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             copy.extra_children.clone_from(&msg.extra_children);
             copies.push((dev, binary::encode(&copy.into_node())?));
         }
-        let ack = self.submit(session, msg.id.clone(), copies, now_ms, AckClass::Message).await?;
-        Ok(Ack { kind: Some(msg.kind.as_str().to_owned()), ..ack })
+        let ack = Ack {
+            kind: Some(msg.kind.as_str().to_owned()),
+            ..ack_to(&msg.id, AckClass::Message)
+        };
+        self.submit(session, msg.id.clone(), copies, now_ms, ack).await
     }
 
-    async fn receipt(&self, session: &Session, node: Node, now_ms: i64) -> Result<Ack> {
+    async fn receipt(&self, session: &mut Session, node: Node, now_ms: i64) -> Result<Option<Ack>> {
         let Ok(receipt) = Receipt::from_node(node) else {
-            return Ok(ack_to("", AckClass::Receipt).error("bad-request"));
+            return Ok(Some(ack_to("", AckClass::Receipt).error("bad-request")));
         };
         let mut ack = ack_to(&receipt.id, AckClass::Receipt);
         if receipt.kind != ReceiptType::Delivery {
             ack.kind = Some(receipt.kind.as_str().to_owned());
         }
         let Some(to) = receipt.to.as_deref().and_then(Jid::parse) else {
-            return Ok(ack.error("bad-request"));
+            return Ok(Some(ack.error("bad-request")));
         };
         if receipt.kind == ReceiptType::Read && !session.read_receipts {
             // The user does not send read receipts: accepted and dropped.
-            return Ok(ack);
+            return Ok(Some(ack));
         }
         if !may_reach(&*self.store, &session.device.account, &to.account).await? {
-            return Ok(ack.error("recipient-unavailable"));
+            return Ok(Some(ack.error("recipient-unavailable")));
         }
         // Receipts are not end-to-end encrypted: every device of the recipient gets it.
         let devices: Vec<DeviceAddress> = match to.device_address() {
@@ -652,7 +922,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 .collect(),
         };
         if devices.is_empty() {
-            return Ok(ack.error("recipient-unavailable"));
+            return Ok(Some(ack.error("recipient-unavailable")));
         }
         let key = receipt_key(receipt.kind, &receipt.id);
         let mut copy = receipt.clone();
@@ -660,38 +930,131 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         copy.from = Some(session.jid.to_string());
         let bytes = binary::encode(&copy.into_node())?;
         let copies = devices.into_iter().map(|d| (d, bytes.clone())).collect();
-        let result = self.submit(session, key, copies, now_ms, AckClass::Receipt).await?;
-        Ok(Ack { kind: ack.kind, ..result })
+        self.submit(session, key, copies, now_ms, ack).await
     }
 
+    /// Accepts one message's copies; `ack` is the sender's positive ack. Returns the ack to send
+    /// now, or `None` when it is sent later through the session's channel (direct delivery).
+    ///
+    /// Cluster or no commit feed: every copy is stored, then the sender is acked. Single node
+    /// with a commit feed: copies for devices live here are handed to their sessions without
+    /// being stored; the sender is acked once they are all acked, and those not acked within
+    /// [`DIRECT_ACK_WAIT`] (or whose session went away) are stored first. Copies for other
+    /// devices are stored before any copy is handed over, so a refusal (duplicate, full queue)
+    /// hands over nothing.
     async fn submit(
         &self,
-        session: &Session,
+        session: &mut Session,
         key: String,
         copies: Vec<(DeviceAddress, Vec<u8>)>,
         now_ms: i64,
-        class: AckClass,
-    ) -> Result<Ack> {
-        let id = match class {
-            AckClass::Receipt => key.splitn(3, ':').nth(2).unwrap_or(&key).to_owned(),
-            _ => key.clone(),
+        ack: Ack,
+    ) -> Result<Option<Ack>> {
+        let expires_at_ms = now_ms.saturating_add(self.config.message_ttl_ms);
+        let direct = self.fed && self.config.direct_delivery && self.cluster.is_none();
+        let bytes: usize = copies.iter().map(|(_, c)| c.len()).sum();
+        let sender = session.device.clone();
+        let job = {
+            let mut chains = self.chains.lock().expect("chains lock");
+            // The device's last message on the direct path (from this session or an earlier
+            // one), if it is not done yet.
+            let pending = match chains.get_mut(&sender) {
+                Some((_, tail)) => {
+                    matches!(tail.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                }
+                None => false,
+            };
+            if !pending {
+                // A finished receiver must not be polled again.
+                chains.remove(&sender);
+            }
+            if !direct || (!pending && !copies.iter().any(|(d, _)| self.live.contains(d))) {
+                None
+            } else if session.direct.load(Ordering::Relaxed) >= MAX_DIRECT_PER_SESSION
+                || session.direct_bytes.load(Ordering::Relaxed) + bytes
+                    > MAX_DIRECT_BYTES_PER_SESSION
+            {
+                return Ok(Some(ack.error("rate-limited")));
+            } else if !self.recent.lock().expect("recent lock").insert(&sender, &key) {
+                return Ok(Some(ack.error("duplicate")));
+            } else {
+                let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let (done, tail) = oneshot::channel::<()>();
+                let previous = chains.insert(sender.clone(), (generation, tail)).map(|(_, t)| t);
+                Some((generation, done, previous))
+            }
         };
-        let recipients: Vec<DeviceAddress> = copies.iter().map(|(d, _)| d.clone()).collect();
-        let submission = Submission {
-            sender: session.device.clone(),
-            message_id: key,
+        let Some((generation, done, previous)) = job else {
+            // Stored now (nothing of this device's is still on its way: order is kept).
+            let submission = Submission { sender, message_id: key, copies, expires_at_ms };
+            return self.store_copies(submission, now_ms, ack, true).await.map(Some);
+        };
+        let job = DirectJob {
+            store: Arc::clone(&self.store),
+            live: Arc::clone(&self.live),
+            offline: self.offline.clone(),
+            recent: Arc::clone(&self.recent),
+            own: session.own.clone(),
+            sender,
+            key,
             copies,
-            expires_at_ms: now_ms.saturating_add(self.config.message_ttl_ms),
+            now_ms,
+            expires_at_ms,
         };
-        match self.store.submit(submission, now_ms).await? {
+        let counters = [
+            (Arc::clone(&session.direct), 1),
+            (Arc::clone(&session.direct_bytes), bytes),
+            (Arc::clone(&self.direct_pending), 1),
+        ];
+        for (c, n) in &counters {
+            c.fetch_add(*n, Ordering::Relaxed);
+        }
+        let chains = Arc::clone(&self.chains);
+        tokio::spawn(async move {
+            // One message after the other per sending device: each is acked or stored
+            // everywhere before the next is handed over, so no device gets them out of order.
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let device = job.sender.clone();
+            job.run(ack).await;
+            for (c, n) in &counters {
+                c.fetch_sub(*n, Ordering::Relaxed);
+            }
+            drop(done);
+            let mut chains = chains.lock().expect("chains lock");
+            if chains.get(&device).is_some_and(|(g, _)| *g == generation) {
+                chains.remove(&device);
+            }
+        });
+        Ok(None)
+    }
+
+    /// Stores `submission` and answers with `ack` (or its refusal). `dedupe`: false for copies
+    /// of a message already accepted (its id is known).
+    async fn store_copies(
+        &self,
+        submission: Submission,
+        now_ms: i64,
+        ack: Ack,
+        dedupe: bool,
+    ) -> Result<Ack> {
+        let recipients: Vec<DeviceAddress> =
+            submission.copies.iter().map(|(d, _)| d.clone()).collect();
+        let outcome = if dedupe {
+            self.store.submit(submission, now_ms).await?
+        } else {
+            self.store.store_copies(submission, now_ms).await?
+        };
+        match outcome {
             SubmitOutcome::Stored(_) => {
                 // Queue depth = stored - acked - expired (the three counters).
                 metrics::counter!("interop_copies_stored_total").increment(recipients.len() as u64);
                 self.notify(&recipients);
-                Ok(ack_to(&id, class))
+                Ok(ack)
             }
-            SubmitOutcome::Duplicate => Ok(ack_to(&id, class).error("duplicate")),
-            SubmitOutcome::QueueFull(_) => Ok(ack_to(&id, class).error("recipient-unavailable")),
+            SubmitOutcome::Duplicate => Ok(ack.error("duplicate")),
+            SubmitOutcome::QueueFull(_) => Ok(ack.error("recipient-unavailable")),
         }
     }
 
@@ -740,9 +1103,15 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 }
             }
         };
-        if let Some((_, seq)) = found {
-            self.store.ack_soon(&session.device, seq).await?;
-            metrics::counter!("interop_copies_acked_total").increment(1);
+        match found {
+            Some((_, Unacked::Stored(seq))) => {
+                self.store.ack_soon(&session.device, seq).await?;
+                metrics::counter!("interop_copies_acked_total").increment(1);
+            }
+            Some((_, Unacked::Direct(done))) => {
+                let _ = done.send(());
+            }
+            None => {}
         }
         Ok(())
     }
@@ -819,7 +1188,9 @@ mod tests {
         let woken: Arc<Mutex<Vec<DeviceAddress>>> = Arc::default();
         let hook_woken = Arc::clone(&woken);
         let hook: OfflineHook = Arc::new(move |d| hook_woken.lock().unwrap().push(d));
-        World { _dir: dir, chat: Chat::new(store, ChatConfig::default(), Some(hook)), woken }
+        // These tests follow copies through the store; direct delivery has its own tests.
+        let config = ChatConfig { direct_delivery: false, ..ChatConfig::default() };
+        World { _dir: dir, chat: Chat::new(store, config, Some(hook)), woken }
     }
 
     impl World {
@@ -1152,8 +1523,9 @@ mod tests {
         let store = Arc::new(
             SqliteStore::open(&dir.path().join("gk.db"), QueueLimits::default()).await.unwrap(),
         );
-        let chat =
-            Chat::new(store, ChatConfig { live_buffer: 3, ..ChatConfig::default() }, None);
+        let config =
+            ChatConfig { live_buffer: 3, direct_delivery: false, ..ChatConfig::default() };
+        let chat = Chat::new(store, config, None);
         assert!(chat.fed, "SQLite feeds commits");
         let alice = chat.store().enlist(&interop("alice"), device(1, 0, 0), 0).await.unwrap();
         let bob = chat.store().enlist(&native("+1555"), device(2, 0, 0), 0).await.unwrap();
@@ -1187,144 +1559,209 @@ mod tests {
     }
 
     /// A seeded simulation: random sends (with duplicate retries), connects, disconnects,
-    /// partial reads with and without acks, and full restarts on the same database. Invariants:
-    /// every accepted message reaches every device it was for, in per-sender order, exactly
-    /// once after the client's de-duplication by (sender, id); nothing stays queued at the end.
+    /// partial reads with and without acks, and full restarts on the same database, with
+    /// copies stored first and with direct delivery. Invariants: every message the sender saw
+    /// acked reaches every device it was for; what a device receives is, per sender, in send
+    /// order and, after the client's de-duplication by (sender, id), once; nothing stays queued
+    /// at the end.
     #[tokio::test]
     async fn randomized_delivery_is_exactly_once_in_order_across_restarts() {
-        use rand::{Rng, SeedableRng};
-        for seed in 0..12u64 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("gk.db");
-            let open = || async {
-                Chat::new(
-                    Arc::new(SqliteStore::open(&path, QueueLimits::default()).await.unwrap()),
-                    // Small buffers: fed copies overflow the session channel and open gaps.
-                    ChatConfig { fetch_batch: 3, live_buffer: 2, ..ChatConfig::default() },
-                    None,
-                )
-            };
-            let mut chat = open().await;
-            let users: Vec<DeviceAddress> = {
-                let mut v = Vec::new();
-                for (i, name) in ["a", "b", "c"].iter().enumerate() {
-                    v.push(
-                        chat.store()
-                            .enlist(&interop(name), device(i as u8 + 1, 0, 0), 0)
-                            .await
-                            .unwrap()
-                            .address,
-                    );
-                }
-                v
-            };
-            let jids: Vec<String> = {
-                let mut v = Vec::new();
-                for u in &users {
-                    let i = chat.store().identity_of(&u.account).await.unwrap().unwrap();
-                    v.push(
-                        Jid {
-                            account: u.account.clone(),
-                            integrator: Some(i.integrator),
-                            device: None,
-                        }
-                        .to_string(),
-                    );
-                }
-                v
-            };
-            let mut sessions: Vec<Option<Session>> = vec![None, None, None];
-            // What each recipient must end up with, per sender, in order; what it got.
-            let mut expected: Vec<Vec<Vec<String>>> = vec![vec![Vec::new(); 3]; 3];
-            let mut received: Vec<Vec<Vec<String>>> = vec![vec![Vec::new(); 3]; 3];
-            let mut sent: Vec<Vec<String>> = vec![Vec::new(); 3];
-            let mut next_id = 0;
-            for _step in 0..80 {
-                let who = rng.random_range(0..3usize);
-                match rng.random_range(0..10) {
-                    0..=3 => {
-                        // Send (connecting first if needed), sometimes a retry of an old id.
-                        if sessions[who].is_none() {
-                            sessions[who] =
-                                Some(chat.connect(users[who].clone(), true).await.unwrap());
-                        }
-                        let to = (who + rng.random_range(1..3)) % 3;
-                        let retry = !sent[who].is_empty() && rng.random_bool(0.2);
-                        let id = if retry {
-                            sent[who][rng.random_range(0..sent[who].len())].clone()
-                        } else {
-                            next_id += 1;
-                            format!("m{next_id}")
-                        };
-                        let s = sessions[who].as_mut().unwrap();
-                        let ack = send(&chat, s, message(&id, &jids[to], &[&users[to]])).await;
-                        match ack.error.as_deref() {
-                            None => {
-                                assert!(!retry || !sent[who].contains(&id));
-                                sent[who].push(id.clone());
-                                expected[to][who].push(id);
-                            }
-                            Some("duplicate") => assert!(retry),
-                            other => panic!("unexpected refusal {other:?}"),
-                        }
-                    }
-                    4..=6 => {
-                        // Read what is ready; ack a random prefix (a crash before acking the rest).
-                        if sessions[who].is_none() {
-                            sessions[who] =
-                                Some(chat.connect(users[who].clone(), true).await.unwrap());
-                        }
-                        let s = sessions[who].as_mut().unwrap();
-                        let ack_all = rng.random_bool(0.7);
-                        while let Some(Outbound::Stanza(bytes)) = chat.try_next(s).await.unwrap() {
-                            let node = binary::decode(&bytes).unwrap();
-                            let from = Jid::parse(node.attr("from").unwrap()).unwrap();
-                            let sender =
-                                users.iter().position(|u| u.account == from.account).unwrap();
-                            let id = node.attr("id").unwrap().to_owned();
-                            // The client persists, de-duplicates, then acks.
-                            if !received[who][sender].contains(&id) {
-                                received[who][sender].push(id);
-                            }
-                            if ack_all {
-                                ack_it(&chat, s, &node).await;
-                            }
-                        }
-                    }
-                    7 | 8 => {
-                        if let Some(s) = sessions[who].take() {
-                            chat.disconnect(&s);
-                        }
-                    }
-                    _ => {
-                        // Restart: every session gone, the store reopened from disk.
-                        sessions = vec![None, None, None];
-                        drop(chat);
-                        chat = open().await;
-                    }
-                }
+        for direct in [false, true] {
+            for seed in 0..8u64 {
+                randomized_run(seed, direct).await;
             }
-            // Drain everyone, acking everything.
-            for who in 0..3 {
-                let mut s = chat.connect(users[who].clone(), true).await.unwrap();
-                while let Some(Outbound::Stanza(bytes)) = chat.try_next(&mut s).await.unwrap() {
-                    let node = binary::decode(&bytes).unwrap();
-                    let from = Jid::parse(node.attr("from").unwrap()).unwrap();
-                    let sender = users.iter().position(|u| u.account == from.account).unwrap();
-                    let id = node.attr("id").unwrap().to_owned();
-                    if !received[who][sender].contains(&id) {
-                        received[who][sender].push(id);
-                    }
-                    ack_it(&chat, &mut s, &node).await;
-                }
-                assert_eq!(chat.store().depth(&users[who]).await.unwrap(), 0, "seed {seed}");
-            }
-            assert_eq!(received, expected, "seed {seed}: in order, each once");
-            assert!(
-                expected.iter().flatten().map(Vec::len).sum::<usize>() > 10,
-                "seed {seed}: the run sent something"
-            );
         }
+    }
+
+    /// Waits until no message waits on direct copies (their sessions are gone or acked).
+    async fn settle_direct(chat: &Chat<SqliteStore>) {
+        while chat.direct_pending() > 0 {
+            tokio::task::yield_now().await;
+        }
+        chat.store().settle().await.unwrap();
+    }
+
+    async fn randomized_run(seed: u64, direct: bool) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gk.db");
+        let open = || async {
+            Chat::new(
+                Arc::new(SqliteStore::open(&path, QueueLimits::default()).await.unwrap()),
+                // Small buffers: fed and direct copies overflow the session channel.
+                ChatConfig {
+                    fetch_batch: 3,
+                    live_buffer: 2,
+                    direct_delivery: direct,
+                    ..ChatConfig::default()
+                },
+                None,
+            )
+        };
+        let mut chat = open().await;
+        let mut users: Vec<DeviceAddress> = Vec::new();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let enlisted =
+                chat.store().enlist(&interop(name), device(i as u8 + 1, 0, 0), 0).await.unwrap();
+            users.push(enlisted.address);
+        }
+        let mut jids: Vec<String> = Vec::new();
+        for u in &users {
+            let i = chat.store().identity_of(&u.account).await.unwrap().unwrap();
+            let jid = Jid { account: u.account.clone(), integrator: Some(i.integrator), device: None };
+            jids.push(jid.to_string());
+        }
+        let mut sessions: Vec<Option<Session>> = vec![None, None, None];
+        // Per recipient, per sender: every id accepted or pending, in send order; the ids the
+        // sender saw acked; what the recipient got (de-duplicated).
+        let mut sent_order: Vec<Vec<Vec<String>>> = vec![vec![Vec::new(); 3]; 3];
+        let mut confirmed: Vec<Vec<Vec<String>>> = vec![vec![Vec::new(); 3]; 3];
+        let mut received: Vec<Vec<Vec<String>>> = vec![vec![Vec::new(); 3]; 3];
+        // Per sender: (id, recipient) of what it sent.
+        let mut sent: Vec<Vec<(String, usize)>> = vec![Vec::new(); 3];
+        let mut next_id = 0;
+        // Reads what `who`'s session has ready: messages (acked if `ack_all`) and late acks.
+        #[allow(clippy::too_many_arguments)]
+        async fn drain(
+            chat: &Chat<SqliteStore>,
+            s: &mut Session,
+            who: usize,
+            ack_all: bool,
+            users: &[DeviceAddress],
+            sent: &[Vec<(String, usize)>],
+            received: &mut [Vec<Vec<String>>],
+            confirmed: &mut [Vec<Vec<String>>],
+        ) {
+            while let Some(Outbound::Stanza(bytes)) = chat.try_next(s).await.unwrap() {
+                let node = binary::decode(&bytes).unwrap();
+                let id = node.attr("id").unwrap().to_owned();
+                if node.tag == "ack" {
+                    // A deferred ack of something `who` sent.
+                    let ack = Ack::from_node(node).unwrap();
+                    match ack.error.as_deref() {
+                        None => {}
+                        // A retry accepted again after a restart, of an id the store has.
+                        Some("duplicate") => continue,
+                        Some(other) => panic!("deferred refusal {other}"),
+                    }
+                    let to = sent[who].iter().find(|(i, _)| *i == id).expect("sent it").1;
+                    if !confirmed[to][who].contains(&id) {
+                        confirmed[to][who].push(id);
+                    }
+                    continue;
+                }
+                let from = Jid::parse(node.attr("from").unwrap()).unwrap();
+                let sender = users.iter().position(|u| u.account == from.account).unwrap();
+                // The client persists, de-duplicates, then acks.
+                if !received[who][sender].contains(&id) {
+                    received[who][sender].push(id);
+                }
+                if ack_all {
+                    ack_it(chat, s, &node).await;
+                }
+            }
+        }
+        for _step in 0..80 {
+            let who = rng.random_range(0..3usize);
+            match rng.random_range(0..10) {
+                0..=3 => {
+                    // Send (connecting first if needed), sometimes a retry of an old id.
+                    if sessions[who].is_none() {
+                        sessions[who] = Some(chat.connect(users[who].clone(), true).await.unwrap());
+                    }
+                    let retry = !sent[who].is_empty() && rng.random_bool(0.2);
+                    let (id, to) = if retry {
+                        sent[who][rng.random_range(0..sent[who].len())].clone()
+                    } else {
+                        next_id += 1;
+                        (format!("m{next_id}"), (who + rng.random_range(1..3)) % 3)
+                    };
+                    let s = sessions[who].as_mut().unwrap();
+                    let node = message(&id, &jids[to], &[&users[to]]);
+                    let ack = match chat.handle(s, node, 1_000).await.unwrap() {
+                        Handled::Replies(r) if r.is_empty() => None,
+                        Handled::Replies(mut r) => Some(Ack::from_node(r.remove(0)).unwrap()),
+                        other => panic!("{other:?}"),
+                    };
+                    let error = ack.as_ref().and_then(|a| a.error.clone());
+                    match error.as_deref() {
+                        None if retry => {
+                            // Only direct delivery forgets ids (across a restart): a retry it
+                            // accepts again is delivered again, which clients de-duplicate.
+                            assert!(direct, "seed {seed}: a retry was accepted again");
+                        }
+                        None => {
+                            sent[who].push((id.clone(), to));
+                            sent_order[to][who].push(id.clone());
+                            if ack.is_some() {
+                                confirmed[to][who].push(id);
+                            }
+                        }
+                        Some("duplicate") => assert!(retry, "seed {seed}"),
+                        other => panic!("seed {seed}: unexpected refusal {other:?}"),
+                    }
+                }
+                4..=6 => {
+                    // Read what is ready; ack all or nothing (a crash before acking).
+                    if sessions[who].is_none() {
+                        sessions[who] = Some(chat.connect(users[who].clone(), true).await.unwrap());
+                    }
+                    let s = sessions[who].as_mut().unwrap();
+                    let ack_all = rng.random_bool(0.7);
+                    drain(&chat, s, who, ack_all, &users, &sent, &mut received, &mut confirmed)
+                        .await;
+                }
+                7 | 8 => {
+                    if let Some(s) = sessions[who].take() {
+                        chat.disconnect(&s);
+                    }
+                }
+                _ => {
+                    // Restart: every session gone, the store reopened from disk. (Direct
+                    // copies whose sessions went away are stored first: one store per file.)
+                    for s in sessions.iter_mut().filter_map(Option::take) {
+                        chat.disconnect(&s);
+                    }
+                    settle_direct(&chat).await;
+                    drop(chat);
+                    chat = open().await;
+                }
+            }
+        }
+        // Drain everyone, acking everything, until nothing moves.
+        for s in sessions.iter_mut().filter_map(Option::take) {
+            chat.disconnect(&s);
+        }
+        settle_direct(&chat).await;
+        let mut all: Vec<Session> = Vec::new();
+        for u in &users {
+            all.push(chat.connect(u.clone(), true).await.unwrap());
+        }
+        for _round in 0..4 {
+            for (who, s) in all.iter_mut().enumerate() {
+                drain(&chat, s, who, true, &users, &sent, &mut received, &mut confirmed).await;
+            }
+            settle_direct(&chat).await;
+        }
+        for (who, u) in users.iter().enumerate() {
+            assert_eq!(chat.store().depth(u).await.unwrap(), 0, "seed {seed} direct {direct}");
+            for sender in 0..3 {
+                let got = &received[who][sender];
+                let order = &sent_order[who][sender];
+                // In send order: `got` is a subsequence of `order`.
+                let mut it = order.iter();
+                assert!(
+                    got.iter().all(|g| it.any(|o| o == g)),
+                    "seed {seed} direct {direct}: {got:?} not in the order of {order:?}"
+                );
+                for c in &confirmed[who][sender] {
+                    assert!(got.contains(c), "seed {seed} direct {direct}: acked {c} lost");
+                }
+            }
+        }
+        let total: usize = received.iter().flatten().map(Vec::len).sum();
+        let acked: usize = confirmed.iter().flatten().map(Vec::len).sum();
+        assert!(total > 10 && acked > 5, "seed {seed} direct {direct}: {total} got, {acked} acked");
     }
 }

@@ -124,6 +124,17 @@ pub trait MessageStore: Send + Sync + 'static {
         seq: i64,
     ) -> impl Future<Output = crate::Result<bool>> + Send;
 
+    /// Stores copies of a message that was already accepted (some of its copies were
+    /// delivered without being stored): like [`submit`](Self::submit) without the
+    /// de-duplication check or record.
+    fn store_copies(
+        &self,
+        submission: Submission,
+        now_ms: i64,
+    ) -> impl Future<Output = crate::Result<SubmitOutcome>> + Send {
+        self.submit(submission, now_ms)
+    }
+
     /// Like [`ack`](Self::ack), without waiting for the deletion to be durable or reporting
     /// whether the copy was there. A deletion lost in a crash only means the copy is delivered
     /// again, which clients de-duplicate; the caller is spared a commit's wait.

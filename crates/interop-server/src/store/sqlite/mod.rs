@@ -173,7 +173,8 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 enum Op {
-    Submit(Submission, i64, oneshot::Sender<Result<SubmitOutcome>>),
+    /// The flag: check and record the message id for de-duplication.
+    Submit(Submission, i64, bool, oneshot::Sender<Result<SubmitOutcome>>),
     /// `None`: the caller does not wait for the outcome.
     Ack(DeviceAddress, i64, Option<oneshot::Sender<Result<bool>>>),
     Expire(i64, oneshot::Sender<Result<u64>>),
@@ -364,6 +365,8 @@ async fn committer(
 const ROWS_PER_STATEMENT: usize = 1000;
 
 type SubmitReply = oneshot::Sender<Result<SubmitOutcome>>;
+/// A submission in a batch: what, when, whether it is de-duplicated, who waits.
+type SubmitOp = (Submission, i64, bool, SubmitReply);
 /// An ack to apply: the recipient, the copy's seq, and who waits for the outcome (if anyone).
 type AckOp = (DeviceAddress, i64, Option<oneshot::Sender<Result<bool>>>);
 
@@ -377,12 +380,12 @@ async fn run_batch(
     last_seq: &mut i64,
     feed: Option<&CommitFeed>,
 ) {
-    let mut submits: Vec<(Submission, i64, SubmitReply)> = Vec::new();
+    let mut submits: Vec<SubmitOp> = Vec::new();
     let mut acks: Vec<AckOp> = Vec::new();
     let mut expires: Vec<(i64, oneshot::Sender<Result<u64>>)> = Vec::new();
     for op in ops {
         match op {
-            Op::Submit(s, now, reply) => submits.push((s, now, reply)),
+            Op::Submit(s, now, dedupe, reply) => submits.push((s, now, dedupe, reply)),
             Op::Ack(addr, seq, reply) => acks.push((addr, seq, reply)),
             Op::Expire(now, reply) => expires.push((now, reply)),
             Op::Backup(..) | Op::Barrier(..) => {
@@ -420,7 +423,7 @@ async fn run_batch(
                     let _ = reply.send(Ok(deleted.contains(&seq)));
                 }
             }
-            for ((s, now, reply), outcome) in submits.into_iter().zip(outcomes) {
+            for ((s, now, _, reply), outcome) in submits.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(outcome.clone()));
                 // Stored copies go to the feed in sequence order: `decide` numbered them in
                 // batch order and batches commit one after the other.
@@ -451,7 +454,7 @@ async fn run_batch(
                     let _ = reply.send(Err(fail()));
                 }
             }
-            for (_, _, reply) in submits {
+            for (_, _, _, reply) in submits {
                 let _ = reply.send(Err(fail()));
             }
             for (_, reply) in expires {
@@ -486,7 +489,7 @@ async fn delete_acked(
 /// stored ids or of an earlier submission in the batch), full queues, or stored with new seqs.
 async fn decide(
     tx: &mut SqliteConnection,
-    submits: &[(Submission, i64, SubmitReply)],
+    submits: &[SubmitOp],
     limits: &QueueLimits,
     last_seq: &mut i64,
 ) -> std::result::Result<Vec<SubmitOutcome>, sqlx::Error> {
@@ -496,7 +499,7 @@ async fn decide(
             "SELECT sender_account, sender_device, message_id FROM submitted \
              WHERE (sender_account, sender_device, message_id) IN (",
         );
-        q.push_values(chunk, |mut row, (s, _, _)| {
+        q.push_values(chunk, |mut row, (s, _, _, _)| {
             row.push_bind(&s.sender.account)
                 .push_bind(i64::from(s.sender.device))
                 .push_bind(&s.message_id);
@@ -511,7 +514,7 @@ async fn decide(
         }
     }
     let mut recipients: Vec<&DeviceAddress> =
-        submits.iter().flat_map(|(s, _, _)| s.copies.iter().map(|(d, _)| d)).collect();
+        submits.iter().flat_map(|(s, _, _, _)| s.copies.iter().map(|(d, _)| d)).collect();
     recipients.sort();
     recipients.dedup();
     let mut depth: HashMap<DeviceAddress, u64> = HashMap::with_capacity(recipients.len());
@@ -529,9 +532,9 @@ async fn decide(
         }
     }
     let mut outcomes = Vec::with_capacity(submits.len());
-    for (s, _, _) in submits {
+    for (s, _, dedupe, _) in submits {
         let key = (s.sender.account.clone(), s.sender.device, s.message_id.clone());
-        if seen.contains(&key) {
+        if *dedupe && seen.contains(&key) {
             outcomes.push(SubmitOutcome::Duplicate);
             continue;
         }
@@ -553,7 +556,9 @@ async fn decide(
         for (dev, n) in wanted {
             *depth.entry(dev.clone()).or_insert(0) += n;
         }
-        seen.insert(key);
+        if *dedupe {
+            seen.insert(key);
+        }
         let seqs = s
             .copies
             .iter()
@@ -570,22 +575,23 @@ async fn decide(
 /// Writes the stored submissions: their ids for de-duplication and their copies.
 async fn insert_stored(
     tx: &mut SqliteConnection,
-    submits: &[(Submission, i64, SubmitReply)],
+    submits: &[SubmitOp],
     outcomes: &[SubmitOutcome],
 ) -> std::result::Result<(), sqlx::Error> {
-    let stored: Vec<(&Submission, i64, &[i64])> = submits
+    let stored: Vec<(&Submission, i64, bool, &[i64])> = submits
         .iter()
         .zip(outcomes)
-        .filter_map(|((s, now, _), o)| match o {
-            SubmitOutcome::Stored(seqs) => Some((s, *now, seqs.as_slice())),
+        .filter_map(|((s, now, dedupe, _), o)| match o {
+            SubmitOutcome::Stored(seqs) => Some((s, *now, *dedupe, seqs.as_slice())),
             _ => None,
         })
         .collect();
-    for chunk in stored.chunks(ROWS_PER_STATEMENT) {
+    let recorded: Vec<_> = stored.iter().filter(|(_, _, dedupe, _)| *dedupe).collect();
+    for chunk in recorded.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO submitted (sender_account, sender_device, message_id, submitted_at_ms) ",
         );
-        q.push_values(chunk, |mut row, (s, now, _)| {
+        q.push_values(chunk, |mut row, (s, now, _, _)| {
             row.push_bind(&s.sender.account)
                 .push_bind(i64::from(s.sender.device))
                 .push_bind(&s.message_id)
@@ -595,7 +601,7 @@ async fn insert_stored(
     }
     let rows: Vec<(&Submission, i64, i64, &DeviceAddress, &[u8])> = stored
         .iter()
-        .flat_map(|(s, now, seqs)| {
+        .flat_map(|(s, now, _, seqs)| {
             s.copies.iter().zip(seqs.iter()).map(move |((dev, stanza), seq)| {
                 (*s, *now, *seq, dev, stanza.as_slice())
             })
@@ -632,7 +638,14 @@ impl MessageStore for SqliteStore {
         if submission.copies.is_empty() {
             return Err(Error::Config("a submission needs at least one copy".into()));
         }
-        self.call(|tx| Op::Submit(submission, now_ms, tx)).await
+        self.call(|tx| Op::Submit(submission, now_ms, true, tx)).await
+    }
+
+    async fn store_copies(&self, submission: Submission, now_ms: i64) -> Result<SubmitOutcome> {
+        if submission.copies.is_empty() {
+            return Err(Error::Config("a submission needs at least one copy".into()));
+        }
+        self.call(|tx| Op::Submit(submission, now_ms, false, tx)).await
     }
 
     async fn pending(
