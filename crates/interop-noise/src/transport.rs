@@ -11,7 +11,10 @@
 //!
 //! The receiver refuses `total` above its maximum stanza size before it allocates anything.
 
-use crate::{Error, MAX_NOISE_MESSAGE, MAX_PLAINTEXT, Result, frame};
+use std::borrow::Cow;
+
+use crate::frame::{self, LEN_PREFIX};
+use crate::{Error, MAX_NOISE_MESSAGE, MAX_PLAINTEXT, Result};
 
 /// Both sides call Noise `Rekey()` on a direction's key before the message whose nonce is a
 /// positive multiple of this number. Part of the protocol, not a setting.
@@ -35,12 +38,20 @@ const FIRST_HEADER: usize = 5;
 const NONCE_LIMIT: u64 = u64::MAX;
 
 /// Encrypts and decrypts stanzas after a completed handshake.
+///
+/// Sending costs one copy of the stanza beyond what snow itself does: snow's `write_message`
+/// takes the plaintext (fragment header and chunk) as one slice and writes the ciphertext to
+/// another, so each fragment's plaintext is staged in the output buffer just past the end of
+/// its own frame, and snow encrypts it back into the frame's place. The next frame then
+/// overwrites the staged bytes, so the output needs no zero-filling beyond the first frame
+/// (and none at all in [`seal_stanza`](Self::seal_stanza)'s reused buffer).
 pub struct Transport {
     state: snow::TransportState,
-    /// Ciphertext or plaintext of one Noise message, grown to the largest message seen (at most
-    /// one Noise message): a connection that only carries small stanzas never holds 64 KiB.
+    /// Reused, initialised working memory: on send the frame of a whole stanza followed by its
+    /// staged plaintext, on receive one decrypted Noise message. Grown to the traffic (a
+    /// connection that only carries small stanzas never holds 64 KiB), at most one frame plus
+    /// one plaintext (128 KiB).
     scratch: Vec<u8>,
-    plain: Vec<u8>,
     partial: Option<Partial>,
     max_stanza: usize,
     nonce_limit: u64,
@@ -57,12 +68,36 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// The frames of one stanza from [`Transport::seal_stanza`]: borrowed from the transport's
+/// reused buffer for a whole stanza, owned for a fragmented one (so that no connection keeps
+/// the memory of its largest stanza).
+pub struct Sealed<'a>(Cow<'a, [u8]>);
+
+impl std::ops::Deref for Sealed<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Sealed<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Sealed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed").field("len", &self.0.len()).finish()
+    }
+}
+
 impl Transport {
     pub(crate) fn new(state: snow::TransportState, max_stanza: usize) -> Self {
         Self {
             state,
             scratch: Vec::new(),
-            plain: Vec::new(),
             partial: None,
             max_stanza: max_stanza.min(u32::MAX as usize),
             nonce_limit: NONCE_LIMIT,
@@ -76,31 +111,53 @@ impl Transport {
 
     /// Encrypts `stanza` into one or more frames (length prefixes included).
     pub fn encrypt_stanza(&mut self, stanza: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(stanza.len() + 32);
+        let mut out = Vec::new();
         self.encrypt_stanza_into(stanza, &mut out)?;
+        out.shrink_to_fit();
         Ok(out)
     }
 
     /// Encrypts `stanza` into one or more frames appended to `out`.
+    ///
+    /// Costs a zero-fill of the first frame on top of [`seal_stanza`](Self::seal_stanza),
+    /// and may leave spare capacity in `out` (the last staged plaintext).
     pub fn encrypt_stanza_into(&mut self, stanza: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        if stanza.len() > self.max_stanza {
-            return Err(Error::MessageTooLarge { len: stanza.len(), max: self.max_stanza });
+        self.check_len(stanza)?;
+        let start = out.len();
+        out.reserve_exact(extent(stanza));
+        match seal_frames(&mut self.state, self.nonce_limit, stanza, out, start) {
+            Ok(end) => {
+                out.truncate(end);
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
         }
-        self.seal_stanza(stanza, out)
     }
 
-    fn seal_stanza(&mut self, stanza: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        if stanza.len() <= MAX_WHOLE {
-            return self.seal(&[WHOLE], stanza, out);
+    /// Encrypts `stanza` into one or more frames and returns them, the cheapest way to send:
+    /// a whole stanza's frame is built in a buffer the transport reuses (no zero-filling, no
+    /// copy into a caller's buffer), a fragmented stanza's frames in a new buffer.
+    pub fn seal_stanza(&mut self, stanza: &[u8]) -> Result<Sealed<'_>> {
+        self.check_len(stanza)?;
+        let reach = extent(stanza);
+        if stanza.len() > MAX_WHOLE {
+            let mut out = Vec::with_capacity(reach);
+            let end = seal_frames(&mut self.state, self.nonce_limit, stanza, &mut out, 0)?;
+            out.truncate(end);
+            return Ok(Sealed(Cow::Owned(out)));
         }
-        let total = u32::try_from(stanza.len()).expect("max_stanza is capped at u32::MAX");
-        let [a, b, c, d] = total.to_be_bytes();
-        let (first, mut rest) = stanza.split_at(MAX_PLAINTEXT - FIRST_HEADER);
-        self.seal(&[FIRST, a, b, c, d], first, out)?;
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(rest.len().min(MAX_PLAINTEXT - 1));
-            self.seal(&[NEXT], chunk, out)?;
-            rest = tail;
+        // Grow (once) to exactly what is needed rather than by doubling.
+        self.scratch.reserve_exact(reach.saturating_sub(self.scratch.len()));
+        let end = seal_frames(&mut self.state, self.nonce_limit, stanza, &mut self.scratch, 0)?;
+        Ok(Sealed(Cow::Borrowed(&self.scratch[..end])))
+    }
+
+    fn check_len(&self, stanza: &[u8]) -> Result<()> {
+        if stanza.len() > self.max_stanza {
+            return Err(Error::MessageTooLarge { len: stanza.len(), max: self.max_stanza });
         }
         Ok(())
     }
@@ -164,24 +221,10 @@ impl Transport {
 
     /// Encrypts `header || chunk` as one Noise message, framed, appended to `out`.
     pub(crate) fn seal(&mut self, header: &[u8], chunk: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        let nonce = self.state.sending_nonce();
-        if nonce >= self.nonce_limit {
-            return Err(Error::NonceExhausted);
-        }
-        if nonce > 0 && nonce.is_multiple_of(REKEY_INTERVAL) {
-            self.state.rekey_outgoing();
-        }
-        self.plain.clear();
-        self.plain.extend_from_slice(header);
-        self.plain.extend_from_slice(chunk);
-        let need = (self.plain.len() + TAG_LEN).min(MAX_NOISE_MESSAGE);
-        if self.scratch.len() < need {
-            self.scratch.resize(need, 0);
-        }
-        // Encrypt into the (aligned) scratch buffer, then frame: AES-GCM over a buffer at
-        // offset 3 of `out` costs more than the copy (measured with callgrind).
-        let n = self.state.write_message(&self.plain, &mut self.scratch).map_err(Error::Noise)?;
-        frame::encode(&self.scratch[..n], out)
+        let start = out.len();
+        let end = seal_message(&mut self.state, self.nonce_limit, header, chunk, out, start)?;
+        out.truncate(end);
+        Ok(())
     }
 
     /// Decrypts one Noise message into the scratch buffer; returns its plaintext length.
@@ -214,8 +257,125 @@ impl Transport {
     }
 }
 
+/// The plaintext header of one Noise message of a stanza.
+#[derive(Clone, Copy)]
+struct Header {
+    bytes: [u8; FIRST_HEADER],
+    len: usize,
+}
+
+impl Header {
+    fn whole() -> Self {
+        Self { bytes: [WHOLE, 0, 0, 0, 0], len: 1 }
+    }
+
+    fn first(total: u32) -> Self {
+        let [a, b, c, d] = total.to_be_bytes();
+        Self { bytes: [FIRST, a, b, c, d], len: FIRST_HEADER }
+    }
+
+    fn next() -> Self {
+        Self { bytes: [NEXT, 0, 0, 0, 0], len: 1 }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The Noise messages of `stanza` (at most `u32::MAX` bytes): a whole one, or a first fragment
+/// and next fragments.
+fn fragments(stanza: &[u8]) -> impl Iterator<Item = (Header, &[u8])> {
+    let (head, first, rest) = if stanza.len() <= MAX_WHOLE {
+        (Header::whole(), stanza, &[][..])
+    } else {
+        let total = u32::try_from(stanza.len()).expect("max_stanza is capped at u32::MAX");
+        let (first, rest) = stanza.split_at(MAX_PLAINTEXT - FIRST_HEADER);
+        (Header::first(total), first, rest)
+    };
+    std::iter::once((head, first))
+        .chain(rest.chunks(MAX_PLAINTEXT - 1).map(|chunk| (Header::next(), chunk)))
+}
+
+/// Bytes of output buffer that sealing `stanza` at offset 0 touches: its frames and the staged
+/// plaintext that reaches furthest.
+fn extent(stanza: &[u8]) -> usize {
+    let mut end = 0;
+    let mut reach = 0;
+    for (header, chunk) in fragments(stanza) {
+        let plain = header.len + chunk.len();
+        end += LEN_PREFIX + plain + TAG_LEN;
+        reach = reach.max(end + plain);
+    }
+    reach
+}
+
+/// Writes the frames of `stanza` into `out` from offset `at` (overwriting whatever `out` holds
+/// past `at`); returns where they end. `out` may be longer afterwards (the staged plaintext of
+/// the last message).
+fn seal_frames(
+    state: &mut snow::TransportState,
+    nonce_limit: u64,
+    stanza: &[u8],
+    out: &mut Vec<u8>,
+    at: usize,
+) -> Result<usize> {
+    let mut end = at;
+    for (header, chunk) in fragments(stanza) {
+        end = seal_message(state, nonce_limit, header.as_slice(), chunk, out, end)?;
+    }
+    Ok(end)
+}
+
+/// Encrypts `header || chunk` as one Noise message framed at offset `at` of `out` (overwriting
+/// whatever `out` holds past `at`); returns where the frame ends.
+///
+/// The plaintext is staged right after the frame's place, so that snow can encrypt it from
+/// there into the frame: `out[at..]` becomes `prefix | ciphertext | header chunk`. Only bytes
+/// of the frame that `out` does not hold yet are zero-filled; a following frame overwrites the
+/// staged plaintext.
+fn seal_message(
+    state: &mut snow::TransportState,
+    nonce_limit: u64,
+    header: &[u8],
+    chunk: &[u8],
+    out: &mut Vec<u8>,
+    at: usize,
+) -> Result<usize> {
+    let plain = header.len() + chunk.len();
+    let prefix = frame::prefix(plain + TAG_LEN)?;
+    let nonce = state.sending_nonce();
+    if nonce >= nonce_limit {
+        return Err(Error::NonceExhausted);
+    }
+    if nonce > 0 && nonce.is_multiple_of(REKEY_INTERVAL) {
+        state.rekey_outgoing();
+    }
+    let stage = at + LEN_PREFIX + plain + TAG_LEN;
+    if out.len() < stage {
+        out.resize(stage, 0);
+    }
+    overwrite(out, stage, header);
+    overwrite(out, stage + header.len(), chunk);
+    let (frame, staged) = out.split_at_mut(stage);
+    let frame = &mut frame[at..];
+    frame[..LEN_PREFIX].copy_from_slice(&prefix);
+    let n =
+        state.write_message(&staged[..plain], &mut frame[LEN_PREFIX..]).map_err(Error::Noise)?;
+    debug_assert_eq!(n, plain + TAG_LEN);
+    Ok(stage)
+}
+
+/// Writes `bytes` at offset `at` (at most `out.len()`) of `out`, growing it as needed.
+fn overwrite(out: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+    let (inside, beyond) = bytes.split_at(out.len().saturating_sub(at).min(bytes.len()));
+    out[at..at + inside.len()].copy_from_slice(inside);
+    out.extend_from_slice(beyond);
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
@@ -385,5 +545,131 @@ mod tests {
         }
         assert_eq!(got.unwrap().len(), 200 * 1024);
         assert!(tx.scratch.len() <= MAX_NOISE_MESSAGE && rx.scratch.len() <= MAX_NOISE_MESSAGE);
+    }
+    /// The frames a bare snow transport writes for `stanza`: each fragment's header and chunk
+    /// as one message, length-prefixed; what every send path must produce byte for byte.
+    fn bare_frames(twin: &mut snow::TransportState, stanza: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
+        for (n, (header, chunk)) in fragments(stanza).enumerate() {
+            let nonce = twin.sending_nonce();
+            if nonce > 0 && nonce.is_multiple_of(REKEY_INTERVAL) {
+                twin.rekey_outgoing();
+            }
+            let plain = [header.as_slice(), chunk].concat();
+            assert!(n == 0 || plain[0] == NEXT);
+            let len = twin.write_message(&plain, &mut buf).unwrap();
+            frame::encode(&buf[..len], &mut wire).unwrap();
+        }
+        wire
+    }
+
+    /// How a test sends a stanza.
+    #[derive(Debug, Clone, Copy)]
+    enum Send {
+        Sealed,
+        /// `encrypt_stanza_into` after this many bytes already in the output buffer.
+        Into(usize),
+        Owned,
+    }
+
+    fn send(tx: &mut Transport, how: Send, stanza: &[u8]) -> Vec<u8> {
+        match how {
+            Send::Sealed => tx.seal_stanza(stanza).unwrap().to_vec(),
+            Send::Into(before) => {
+                let mut out = vec![0xEE; before];
+                tx.encrypt_stanza_into(stanza, &mut out).unwrap();
+                assert!(out[..before].iter().all(|&b| b == 0xEE), "bytes before are kept");
+                out.split_off(before)
+            }
+            Send::Owned => tx.encrypt_stanza(stanza).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_send_path_writes_the_bytes_bare_snow_writes() {
+        let first_chunk = MAX_PLAINTEXT - FIRST_HEADER;
+        let next_chunk = MAX_PLAINTEXT - 1;
+        // Large before small, so the reused buffer holds stale bytes longer than each message.
+        let sizes = [
+            DEFAULT_MAX_STANZA,
+            MAX_WHOLE,
+            first_chunk + next_chunk + 1,
+            MAX_WHOLE + 1,
+            first_chunk + next_chunk,
+            60 * 1024,
+            1024,
+            64,
+            1,
+            0,
+        ];
+        for how in [Send::Sealed, Send::Into(0), Send::Into(7), Send::Owned] {
+            let (i, r) = raw_pair(4);
+            let (mut twin, _) = raw_pair(4);
+            let mut tx = Transport::new(i, DEFAULT_MAX_STANZA);
+            let mut rx = Transport::new(r, DEFAULT_MAX_STANZA);
+            for len in sizes {
+                let stanza: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+                let wire = send(&mut tx, how, &stanza);
+                assert!(wire == bare_frames(&mut twin, &stanza), "{how:?}, {len} bytes");
+                assert_eq!(deliver(&mut rx, &wire).unwrap(), vec![stanza], "{how:?}, {len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn sealing_reuses_one_buffer_bounded_by_a_frame_and_a_plaintext() {
+        let (mut tx, mut rx) = pair(DEFAULT_MAX_STANZA);
+        let wire = tx.seal_stanza(&[1u8; 300]).unwrap().to_vec();
+        assert!(tx.scratch.capacity() < 1024, "small stanzas, small buffer");
+        assert_eq!(deliver(&mut rx, &wire).unwrap().len(), 1);
+        tx.seal_stanza(&vec![2u8; MAX_WHOLE]).unwrap();
+        let bound = LEN_PREFIX + MAX_NOISE_MESSAGE + MAX_PLAINTEXT;
+        assert_eq!(tx.scratch.capacity(), bound, "grown once, exactly");
+        let ptr = tx.scratch.as_ptr();
+        tx.seal_stanza(&vec![3u8; 40_000]).unwrap();
+        tx.seal_stanza(&vec![4u8; 300_000]).unwrap();
+        assert_eq!((tx.scratch.as_ptr(), tx.scratch.capacity()), (ptr, bound), "no regrowth");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Any mix of send paths and stanza sizes, with receives on the sending transport in
+        /// between (they share its buffer): the bytes are bare snow's and the stanzas arrive.
+        #[test]
+        fn mixed_send_paths_match_bare_snow(
+            steps in proptest::collection::vec(
+                (
+                    prop_oneof![0usize..100, 900usize..1100, 65_000usize..70_000, 100_000usize..300_000],
+                    0u8..4,
+                    0usize..5,
+                ),
+                1..6,
+            ),
+            seed in any::<u64>(),
+        ) {
+            let (i, r) = raw_pair(seed);
+            let (mut twin, _) = raw_pair(seed);
+            let mut tx = Transport::new(i, DEFAULT_MAX_STANZA);
+            let mut rx = Transport::new(r, DEFAULT_MAX_STANZA);
+            for (k, (len, how, before)) in steps.into_iter().enumerate() {
+                let stanza: Vec<u8> = (0..len).map(|i| (i * 31 + k) as u8).collect();
+                let how = match how {
+                    0 => Send::Sealed,
+                    1 => Send::Into(before),
+                    2 => Send::Owned,
+                    _ => {
+                        // A reply first: `tx` decrypts into the buffer it seals in.
+                        let reply = rx.seal_stanza(&stanza[len / 2..]).unwrap().to_vec();
+                        prop_assert_eq!(deliver(&mut tx, &reply).unwrap(), vec![stanza[len / 2..].to_vec()]);
+                        Send::Sealed
+                    }
+                };
+                let wire = send(&mut tx, how, &stanza);
+                prop_assert!(wire == bare_frames(&mut twin, &stanza), "{:?}, {} bytes", how, len);
+                prop_assert_eq!(deliver(&mut rx, &wire).unwrap(), vec![stanza]);
+            }
+        }
     }
 }
