@@ -94,6 +94,24 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// The buffer to read into, for an adapter that reads straight into it (tokio's
+    /// `read_buf`, which appends without zero-filling): compacted, with room reserved for the
+    /// rest of a pending frame or `chunk` bytes, whichever is more. The caller only appends.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn read_buffer(&mut self, chunk: usize) -> &mut Vec<u8> {
+        self.compact();
+        let pending = &self.buf[self.start..];
+        let rest = match read_len(pending) {
+            // A frame above the limit gets no room: next_frame_ref refuses it.
+            Ok(Some((len, _))) if len <= self.max => {
+                (LEN_PREFIX + len).saturating_sub(pending.len())
+            }
+            _ => 0,
+        };
+        self.buf.reserve(rest.max(chunk));
+        &mut self.buf
+    }
+
     /// Drops consumed bytes: all of them (giving a large buffer back) once everything was
     /// consumed, else the consumed head once it is more than half of the buffer.
     fn compact(&mut self) {
@@ -195,6 +213,44 @@ mod tests {
     }
 
     proptest! {
+        /// The read path (bytes appended straight into the decoder's buffer, as the tokio
+        /// adapter does) gives the frames `push` gives, for any chunking.
+        #[cfg(feature = "tokio")]
+        #[test]
+        fn reading_into_the_buffer_never_changes_the_frames(
+            sizes in proptest::collection::vec(prop_oneof![0usize..300, 5_000usize..70_000], 0..6),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+        ) {
+            let bodies: Vec<Vec<u8>> =
+                sizes.iter().enumerate().map(|(k, &n)| vec![k as u8; n.min(MAX_NOISE_MESSAGE)]).collect();
+            let mut wire = Vec::new();
+            for b in &bodies { encode(b, &mut wire).unwrap(); }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut d = FrameDecoder::default();
+            let mut got = Vec::new();
+            let mut last = 0;
+            for p in points.into_iter().chain([wire.len()]) {
+                let buf = d.read_buffer(16);
+                let room = buf.capacity() - buf.len();
+                prop_assert!(room >= 16);
+                // A read fills at most the room it is given.
+                let p = p.min(last + room);
+                buf.extend_from_slice(&wire[last..p]);
+                last = p;
+                while let Some(f) = d.next_frame().unwrap() { got.push(f); }
+            }
+            while last < wire.len() {
+                let buf = d.read_buffer(16);
+                let p = wire.len().min(last + buf.capacity() - buf.len());
+                buf.extend_from_slice(&wire[last..p]);
+                last = p;
+                while let Some(f) = d.next_frame().unwrap() { got.push(f); }
+            }
+            prop_assert_eq!(got, bodies);
+            prop_assert_eq!(d.buffered(), 0);
+        }
+
         #[test]
         fn split_first_gives_the_encoded_frames(
             bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
@@ -210,5 +266,21 @@ mod tests {
             prop_assert!(rest.is_empty());
             prop_assert_eq!(got, bodies);
         }
+    }
+
+    /// Once a large frame was consumed, the buffer it needed is given back.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn a_large_frame_is_read_whole_and_its_buffer_given_back() {
+        let mut wire = Vec::new();
+        encode(&vec![5u8; 60_000], &mut wire).unwrap();
+        let mut d = FrameDecoder::default();
+        d.read_buffer(2048).extend_from_slice(&wire[..2048]);
+        assert!(d.next_frame_ref().unwrap().is_none());
+        let buf = d.read_buffer(2048);
+        assert!(buf.capacity() >= wire.len(), "room for the whole frame in one read");
+        buf.extend_from_slice(&wire[2048..]);
+        assert_eq!(d.next_frame_ref().unwrap().map(<[u8]>::len), Some(60_000));
+        assert!(d.read_buffer(2048).capacity() <= KEEP, "given back");
     }
 }
