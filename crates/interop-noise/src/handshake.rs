@@ -447,8 +447,8 @@ impl ExpectIkConfirm {
     /// Handles the first transport frame: it must decrypt and be empty. Only then is the
     /// client authenticated.
     pub fn handle_confirm(mut self, frame_body: &[u8]) -> Result<ServerDone> {
-        let n = self.transport.open(frame_body)?;
-        if n != 0 {
+        let plain = self.transport.open(frame_body)?;
+        if !plain.is_empty() {
             return Err(Error::UnexpectedMessage("key confirmation must be empty"));
         }
         Ok(ServerDone {

@@ -149,7 +149,7 @@ pub use handshake::{
 };
 pub use header::ConnectionHeader;
 pub use keys::StaticKeypair;
-pub use transport::{DEFAULT_MAX_STANZA, MAX_WHOLE, REKEY_INTERVAL, Transport};
+pub use transport::{DEFAULT_MAX_STANZA, MAX_WHOLE, REKEY_INTERVAL, Sealed, Transport};
 
 /// The Noise protocol name used for first contact.
 pub const NOISE_XX: &str = "Noise_XX_25519_AESGCM_SHA256";

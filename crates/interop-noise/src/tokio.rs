@@ -17,37 +17,34 @@ use crate::{
     ServerConfig, ServerHandshake, ServerStep, Transport,
 };
 
-/// Bytes read per `read` call: small, because every idle connection holds this buffer while it
-/// waits (the frame decoder gathers larger frames across reads).
+/// Room reserved per `read` call beyond the rest of a pending frame: small, because every idle
+/// connection holds this much while it waits (the frame decoder gathers larger frames across
+/// reads, reserving room for the whole frame once its length is in).
 const READ_CHUNK: usize = 2 * 1024;
 
-/// Output buffers kept between stanzas at most this large.
-const KEEP: usize = 4 * 1024;
-
 /// An established connection: send and receive whole messages (stanza bytes).
+///
+/// Bytes are read straight into the frame decoder's buffer and decrypted from there, and a
+/// message's frames are written from the transport's buffer ([`Transport::seal_stanza`]): no
+/// copies beyond the socket's and snow's own.
 #[derive(Debug)]
 pub struct NoiseStream<S> {
     io: S,
     transport: Transport,
     decoder: FrameDecoder,
-    chunk: Box<[u8]>,
-    out: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
     fn new(io: S, transport: Transport, decoder: FrameDecoder) -> Self {
-        Self { io, transport, decoder, chunk: vec![0u8; READ_CHUNK].into(), out: Vec::new() }
+        Self { io, transport, decoder }
     }
 
     /// Encrypts and writes one message (fragmented if large).
     pub async fn send(&mut self, message: &[u8]) -> Result<()> {
-        self.out.clear();
-        self.transport.encrypt_stanza_into(message, &mut self.out)?;
-        self.io.write_all(&self.out).await?;
+        let frames = self.transport.seal_stanza(message)?;
+        self.io.write_all(&frames).await?;
+        drop(frames);
         self.io.flush().await?;
-        if self.out.capacity() > KEEP {
-            self.out = Vec::new();
-        }
         Ok(())
     }
 
@@ -62,11 +59,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
                     return Ok(Some(message));
                 }
             }
-            let n = self.io.read(&mut self.chunk).await?;
+            // Cancel-safe too: a cancelled `read_buf` read nothing.
+            let n = self.io.read_buf(self.decoder.read_buffer(READ_CHUNK)).await?;
             if n == 0 {
                 return if self.decoder.buffered() == 0 { Ok(None) } else { Err(Error::Truncated) };
             }
-            self.decoder.push(&self.chunk[..n]);
         }
     }
 
@@ -75,9 +72,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NoiseStream<S> {
     /// closing the socket with unread input does not reset the connection before the peer has
     /// read the error (a "lingering close").
     pub async fn drain(&mut self, max: usize) -> Result<()> {
+        let mut sink = [0u8; READ_CHUNK];
         let mut left = max;
         while left > 0 {
-            let n = self.io.read(&mut self.chunk).await?;
+            let n = self.io.read(&mut sink).await?;
             if n == 0 {
                 break;
             }
@@ -320,6 +318,38 @@ mod tests {
             drop(c);
             assert!(s.stream.recv().await.unwrap().is_none());
         }
+    }
+
+    /// A pipe that moves a few bytes at a time: every message arrives over many reads, frames
+    /// split anywhere, and the writer waits for the reader.
+    #[tokio::test]
+    async fn messages_survive_reads_of_a_few_bytes() {
+        let rng = &mut ChaCha20Rng::seed_from_u64(10);
+        let root = RootKey::generate(rng);
+        let server_cfg = server(rng, &root);
+        let client = ClientConfig::new(StaticKeypair::generate(rng), root.trust_anchor());
+        let (a, b) = tokio::io::duplex(7);
+        let (mut crng, mut srng) = (ChaCha20Rng::seed_from_u64(11), ChaCha20Rng::seed_from_u64(12));
+        let payload = ClientPayload::default();
+        let (client_side, server_side) = tokio::join!(
+            connect(a, &client, &payload, None, NOW, &mut crng),
+            accept(b, &server_cfg, 0, &mut srng)
+        );
+        let (mut c, _) = client_side.unwrap();
+        let mut s = server_side.unwrap().stream;
+        let message = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 241) as u8).collect() };
+        let sizes = [0, 1, 3, 2_000, 5_000, crate::MAX_WHOLE, crate::MAX_WHOLE + 1, 200_000, 10];
+        let sender = async {
+            for n in sizes {
+                c.send(&message(n)).await.unwrap();
+            }
+        };
+        let receiver = async {
+            for n in sizes {
+                assert_eq!(s.recv().await.unwrap().unwrap(), message(n), "{n} bytes");
+            }
+        };
+        tokio::join!(sender, receiver);
     }
 
     #[tokio::test]
