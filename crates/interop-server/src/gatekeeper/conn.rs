@@ -164,6 +164,14 @@ enum Event {
     Shutdown,
 }
 
+/// The text of a `stream:error` the chat core asked for.
+fn close_text(condition: StreamCondition) -> &'static str {
+    match condition {
+        StreamCondition::Conflict => "replaced by a newer connection",
+        _ => "closed by the server",
+    }
+}
+
 async fn next_outbound<S: GatekeeperStore>(
     shared: &Shared<S>,
     session: Option<&mut Session>,
@@ -179,6 +187,36 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
         let bytes = self.codec.encode(node)?;
         self.stream.send(&bytes).await?;
         Ok(())
+    }
+
+    /// Writes what is queued together with what the session has ready to send (up to a batch):
+    /// one write for many stanzas under load. `Some(condition)`: the session must close.
+    async fn flush_with_ready(
+        &mut self,
+        shared: &Shared<S>,
+        session: Option<&mut Session>,
+    ) -> crate::Result<Option<StreamCondition>> {
+        /// Stanzas gathered into one write at most (bounds the write buffer and the time other
+        /// events wait).
+        const MAX_GATHER: usize = 64;
+        let mut close = None;
+        if let Some(session) = session {
+            for _ in 0..MAX_GATHER {
+                match shared.chat.try_next(session).await? {
+                    Some(Outbound::Stanza(bytes)) => {
+                        metrics::counter!("interop_stanzas_delivered_total").increment(1);
+                        self.stream.queue(&bytes)?;
+                    }
+                    Some(Outbound::Close(condition)) => {
+                        close = Some(condition);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.stream.flush().await?;
+        Ok(close)
     }
 
     /// Sends `stream:error` and closes.
@@ -357,16 +395,23 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
                 }
                 Event::Outgoing(Ok(Outbound::Stanza(bytes))) => {
                     metrics::counter!("interop_stanzas_delivered_total").increment(1);
-                    if let Err(e) = self.stream.send(&bytes).await {
+                    if let Err(e) = self.stream.queue(&bytes) {
                         break Err(e.into());
+                    }
+                    match self.flush_with_ready(&shared, session.as_mut()).await {
+                        Ok(None) => {}
+                        Ok(Some(condition)) => {
+                            self.close(condition, close_text(condition)).await;
+                            break Ok(());
+                        }
+                        Err(e) => {
+                            self.close(StreamCondition::InternalServerError, "server error").await;
+                            break Err(e);
+                        }
                     }
                 }
                 Event::Outgoing(Ok(Outbound::Close(condition))) => {
-                    let text = match condition {
-                        StreamCondition::Conflict => "replaced by a newer connection",
-                        _ => "closed by the server",
-                    };
-                    self.close(condition, text).await;
+                    self.close(condition, close_text(condition)).await;
                     break Ok(());
                 }
                 Event::Outgoing(Err(e)) => {
@@ -399,7 +444,20 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
                             break Ok(());
                         }
                     };
-                    match self.handle(&mut auth, &mut session, node).await {
+                    let flow = match self.handle(&mut auth, &mut session, node).await {
+                        Ok(Flow::Continue) => {
+                            // Replies were queued: out with whatever else is ready.
+                            match self.flush_with_ready(&shared, session.as_mut()).await {
+                                Ok(None) => Ok(Flow::Continue),
+                                Ok(Some(condition)) => {
+                                    Ok(Flow::Close(condition, close_text(condition)))
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                        other => other,
+                    };
+                    match flow {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Close(condition, text)) => {
                             self.close(condition, text).await;
@@ -487,7 +545,8 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
                     metrics::counter!("interop_messages_total", "outcome" => outcome).increment(1);
                 }
                 for r in &replies {
-                    self.send(r).await?;
+                    // Flushed by the loop, with whatever else is ready to go.
+                    self.stream.queue(&self.codec.encode(r)?)?;
                 }
                 Ok(Flow::Continue)
             }
