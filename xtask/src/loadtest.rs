@@ -34,6 +34,9 @@ options:
   --no-pin                              do not pin server and generator to cores 0 and 1
   --json                                print the combined results as JSON
   --keep                                keep the scratch directory (target/loadtest/<time>)
+  --callgrind                           run the measured gatekeeper under valgrind's callgrind
+                                        (instruction counts, <scratch>/<mode>/callgrind.out;
+                                        implies --keep; about 50x slower: use a few pairs)
 
 loadgen options (after --), the same for both systems:
   --pairs N (1000)  --window W (10)  --payload S (266)  --duration D (10)  --warmup X (2)
@@ -52,6 +55,7 @@ struct Options {
     pin: bool,
     json: bool,
     keep: bool,
+    callgrind: bool,
     loadgen_args: Vec<String>,
 }
 
@@ -66,6 +70,7 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
         pin: true,
         json: false,
         keep: false,
+        callgrind: false,
         loadgen_args: passthrough.to_vec(),
     };
     let mut it = own.iter();
@@ -93,6 +98,10 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
             "--no-pin" => o.pin = false,
             "--json" => o.json = true,
             "--keep" => o.keep = true,
+            "--callgrind" => {
+                o.callgrind = true;
+                o.keep = true;
+            }
             other => bail!("loadtest: unknown option {other:?}\n\n{HELP}"),
         }
     }
@@ -127,6 +136,7 @@ pub fn run(args: &[String]) -> Result<()> {
         loadgen: bin.join("loadgen"),
         pin,
         quiet_stdout: opts.json,
+        callgrind: opts.callgrind,
     };
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -220,6 +230,8 @@ struct Tools {
     pin: bool,
     /// `--json`: loadgen's tables go to standard error, standard output carries the JSON.
     quiet_stdout: bool,
+    /// `--callgrind`: the measured gatekeeper runs under callgrind.
+    callgrind: bool,
 }
 
 impl Tools {
@@ -260,7 +272,16 @@ impl Tools {
         let stderr = std::fs::File::create(log.with_extension("stderr"))?;
         let config = log.with_extension("toml");
         std::fs::write(&config, GATEKEEPER_CONFIG)?;
-        let mut c = self.pinned(0, &self.server);
+        let measured = log.file_name().is_some_and(|n| n == "run.log");
+        let mut c = if self.callgrind && measured {
+            let mut c = self.pinned(0, Path::new("valgrind"));
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", log.with_file_name("callgrind.out").display()))
+                .arg(&self.server);
+            c
+        } else {
+            self.pinned(0, &self.server)
+        };
         c.args(["gatekeeper", "--dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .arg("--config")
             .arg(&config)

@@ -28,7 +28,11 @@
 //! cluster at a time (a lease with a fencing token); a session that lost its lease writes
 //! nothing more ([`Handled::Stale`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// The routing path's maps: foldhash, seeded randomly per process.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,7 +138,7 @@ const MAX_DIRECT_BYTES_PER_SESSION: usize = 8 << 20;
 /// after a restart) is delivered again, and clients de-duplicate by message id.
 #[derive(Debug, Default)]
 struct Recent {
-    set: std::collections::HashSet<(DeviceAddress, String)>,
+    set: HashSet<(DeviceAddress, String)>,
     order: VecDeque<(DeviceAddress, String)>,
 }
 
@@ -636,7 +640,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             dirty: true,
             last_sent: 0,
             buffer: VecDeque::new(),
-            inflight: HashMap::new(),
+            inflight: HashMap::default(),
             own,
             direct: Arc::default(),
             direct_bytes: Arc::default(),

@@ -6,10 +6,11 @@
 //! committed. A read that raced with a write is not cached (a generation counter: a value read
 //! before an invalidation is never inserted after it). Bounded: a full map is emptied.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::store::Identity;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Entries per map before it is emptied.
 const MAX_ENTRIES: usize = 100_000;
