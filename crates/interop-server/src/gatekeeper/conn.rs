@@ -352,8 +352,9 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
             Instant::now() + Duration::from_secs(left)
         });
         let result = loop {
+            // Not biased: under load a connection always has something to send, and a fixed
+            // order would starve its reading (the acks its peers' messages wait for).
             let event = tokio::select! {
-                biased;
                 () = shared.shutdown.cancelled() => Event::Shutdown,
                 changed = provider_changes.recv(), if issuer.is_some() => match changed {
                     // Missed some changes: check anyway.
