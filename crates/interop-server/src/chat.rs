@@ -106,9 +106,22 @@ enum Item {
     /// Live-only stanzas and close requests.
     Out(Outbound),
     /// A copy the store just committed for this device (the commit feed).
-    Copy(Queued),
-    /// A copy handed over without being stored: `done` fires when the device acks it.
-    Direct { sender: DeviceAddress, key: String, stanza: Vec<u8>, done: oneshot::Sender<()> },
+    Copy(Box<Queued>),
+    /// A copy handed over without being stored.
+    Direct(Box<Direct>),
+}
+
+// Boxed variants keep `Item` small: every session's channel allocates its first block of 32
+// slots up front, and that is memory an idle connection holds.
+const _: () = assert!(std::mem::size_of::<Item>() <= 32);
+
+/// A copy handed over without being stored: `done` fires when the device acks it.
+#[derive(Debug)]
+struct Direct {
+    sender: DeviceAddress,
+    key: String,
+    stanza: Vec<u8>,
+    done: oneshot::Sender<()>,
 }
 
 /// A sending device's last message on the direct path: its generation, and a receiver that
@@ -317,7 +330,7 @@ impl LiveSessions {
         if l.gap {
             return;
         }
-        if l.tx.try_send(Item::Copy(copy)).is_err() {
+        if l.tx.try_send(Item::Copy(Box::new(copy))).is_err() {
             l.gap = true;
             l.nudge.notify_one();
         }
@@ -438,12 +451,12 @@ impl<S: MessageStore> DirectJob<S> {
         let mut unacked = Vec::new();
         for (dev, stanza) in live {
             let (done, acked) = oneshot::channel();
-            let item = Item::Direct {
+            let item = Item::Direct(Box::new(Direct {
                 sender: self.sender.clone(),
                 key: self.key.clone(),
                 stanza: stanza.clone(),
                 done,
-            };
+            }));
             match self.live.hand(&dev, item) {
                 Ok(()) => waits.push((dev, stanza, acked)),
                 Err(_) => unacked.push((dev, stanza)),
@@ -681,7 +694,8 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 continue;
             }
             if session.dirty {
-                self.refill(session).await?;
+                // Boxed: an idle session's future need not be as large as a store read.
+                Box::pin(self.refill(session)).await?;
                 continue;
             }
             tokio::select! {
@@ -710,7 +724,8 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 continue;
             }
             if session.dirty {
-                self.refill(session).await?;
+                // Boxed: an idle session's future need not be as large as a store read.
+                Box::pin(self.refill(session)).await?;
                 continue;
             }
             if let Ok(item) = session.live.try_recv() {
@@ -736,14 +751,16 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         match item {
             Item::Out(out) => Some(out),
             Item::Copy(q) if q.seq > session.last_sent => {
+                let q = *q;
                 session.last_sent = q.seq;
                 Self::sent_stored(session, q.sender, q.message_id, q.seq)
                     .then_some(Outbound::Stanza(q.stanza))
             }
             Item::Copy(_) => None,
             // Its message gave up waiting and stored it: the stored copy comes instead.
-            Item::Direct { done, .. } if done.is_closed() => None,
-            Item::Direct { sender, key, stanza, done } => {
+            Item::Direct(d) if d.done.is_closed() => None,
+            Item::Direct(d) => {
+                let Direct { sender, key, stanza, done } = *d;
                 match session.inflight.get(&(sender.clone(), key.clone())) {
                     // A stored copy of it is out already: that one is what the device acks.
                     Some(Unacked::Stored(_)) => drop(done.send(())),

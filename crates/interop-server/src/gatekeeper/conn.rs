@@ -96,7 +96,11 @@ pub(super) async fn serve<S: GatekeeperStore, T: Transport>(
     metrics::counter!("interop_connections_total").increment(1);
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let started = Instant::now();
-    let accept = interop_noise::tokio::accept(socket, &shared.noise, now_ms() as u64, &mut rng);
+    // Boxed here and below: a task's future is as large as its largest await point, and every
+    // idle connection keeps its task; the handshake, authentication and stanza handling are
+    // only alive briefly.
+    let accept =
+        Box::pin(interop_noise::tokio::accept(socket, &shared.noise, now_ms() as u64, &mut rng));
     let accepted = tokio::select! {
         r = tokio::time::timeout(shared.config.handshake_timeout, accept) => r,
         () = shared.shutdown.cancelled() => return,
@@ -129,7 +133,7 @@ pub(super) async fn serve<S: GatekeeperStore, T: Transport>(
         conn.close(StreamCondition::UnsupportedVersion, "unknown dictionary version").await;
         return;
     }
-    let auth = conn.authenticate(&payload, client_key).await;
+    let auth = Box::pin(conn.authenticate(&payload, client_key)).await;
     drop(guard);
     match auth {
         Ok(auth) => {
@@ -445,7 +449,7 @@ impl<S: GatekeeperStore, T: Transport> Conn<S, T> {
                             break Ok(());
                         }
                     };
-                    let flow = match self.handle(&mut auth, &mut session, node).await {
+                    let flow = match Box::pin(self.handle(&mut auth, &mut session, node)).await {
                         Ok(Flow::Continue) => {
                             // Replies were queued: out with whatever else is ready.
                             match self.flush_with_ready(&shared, session.as_mut()).await {
