@@ -41,8 +41,8 @@ use interop_server::store::postgres::PgStore;
 use interop_stanza::Node;
 use interop_stanza::binary::Codec;
 use interop_stanza::stanza::{
-    Ack, AckClass, ChatState, ChatStateKind, Enc, EncType, Message, MessageType, Participant,
-    StreamCondition, StreamError,
+    Ack, AckClass, ChatState, ChatStateKind, Enc, EncType, Iq, IqPayload, IqType, Message,
+    MessageType, Participant, StreamCondition, StreamError,
 };
 use rand::SeedableRng;
 use sqlx::Connection;
@@ -497,6 +497,23 @@ impl Client {
     async fn close(mut self) {
         let _ = self.stream.shutdown().await;
         while self.recv_wire().await.is_some() {}
+    }
+
+    /// A media token and the media base URL (`media` iq).
+    async fn media_conn(&mut self) -> (String, String) {
+        self.next_id += 1;
+        let id = format!("m{}", self.next_id);
+        let iq = Iq::new(id.clone(), IqType::Get, Some("media"), IqPayload::MediaUploadInfoRequest);
+        assert!(self.send(&iq.into_node()).await);
+        let answer = self
+            .next_where("the media iq's answer", |n| {
+                n.tag == "iq" && n.attr("id") == Some(id.as_str())
+            })
+            .await;
+        match Iq::from_node(answer).unwrap().payload {
+            IqPayload::MediaUploadInfo(info) => (info.auth, info.hosts[0].hostname.clone()),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Whether a ping is answered (the connection is alive and served).
@@ -1514,4 +1531,118 @@ async fn provider_changes_and_opt_outs_reach_every_node() {
         (error.condition, error.text.as_deref()),
         (StreamCondition::NotAuthorized, Some("provider_disabled"))
     );
+}
+
+/// A provider session of a new provider account `username` (for its media host).
+async fn provider_session(issuer: &str, username: &str) -> String {
+    let http = reqwest::Client::new();
+    let creds = serde_json::json!({"username": username, "password": "correct horse battery"});
+    let created = http.post(format!("{issuer}/v1/accounts")).json(&creds).send().await.unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let session: serde_json::Value = http
+        .post(format!("{issuer}/v1/sessions"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    session["session"].as_str().unwrap().to_owned()
+}
+
+/// Bytes that pass as an encrypted media file (16-byte blocks and a 10-byte MAC) and their
+/// content address.
+fn media_blob(seed: u8) -> (Vec<u8>, String) {
+    use sha2::Digest;
+    let blob: Vec<u8> = (0..16 * 4 + 10).map(|i: u8| i.wrapping_mul(31) ^ seed).collect();
+    let address = hex::encode(sha2::Sha256::digest(&blob));
+    (blob, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_token_from_one_node_is_accepted_by_the_others() {
+    let Some(w) = world(None, Timing::handoff_only()).await else { return };
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let (issuer, push_secret) = provider(w.dir.path(), &stop).await;
+    let a = w.node("a").await;
+    let b = w.node("b").await;
+    let http = reqwest::Client::new();
+    // The provider is registered through node B (its media base URL is what B's proxy uses).
+    let put = http
+        .put(format!("http://{}/admin/providers/{INTEGRATOR}", b.http))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({
+            "issuer": issuer,
+            "push_endpoint": format!("{issuer}/v1/push"),
+            "push_secret": push_secret,
+            "media_base_url": format!("{issuer}/media/"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+
+    // Alice, on node A, asks node A for a media token.
+    let mut alice = w.native(&a, "+15550091", 1).await;
+    let (token, base) = alice.c().media_conn().await;
+    assert_eq!(base, format!("http://{}", a.http), "node A names its own HTTP listener");
+
+    // Node B's media host takes an upload with it.
+    let (blob, address) = media_blob(1);
+    let upload = |node: SocketAddr, auth: Option<&str>| {
+        let mut r = http.put(format!("http://{node}/media/{address}")).body(blob.clone());
+        if let Some(t) = auth {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(upload(b.http, Some(&token)).await.unwrap().status(), 201);
+    // The nodes share the media directory here (`media_dir`; by default it is each node's
+    // `<data_dir>/media`), so what went up through node B comes down through node A.
+    let down = http.get(format!("http://{}/media/{address}", a.http)).send().await.unwrap();
+    assert_eq!(down.status(), 200);
+    assert_eq!(down.bytes().await.unwrap().as_ref(), blob.as_slice());
+
+    // Node B's media proxy takes it too: a provider's file, fetched through node B.
+    let session = provider_session(&issuer, "carol").await;
+    let (their_blob, their_address) = media_blob(2);
+    let stored = http
+        .put(format!("{issuer}/media/{their_address}"))
+        .bearer_auth(&session)
+        .body(their_blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.status().is_success(), "{}", stored.status());
+    let proxied = http
+        .get(format!("http://{}/proxy/{INTEGRATOR}/{their_address}", b.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 200);
+    assert_eq!(proxied.bytes().await.unwrap().as_ref(), their_blob.as_slice());
+
+    // Without a token, or with a changed one, neither node takes anything.
+    let (other_blob, other_address) = media_blob(3);
+    let mut forged = token.clone();
+    forged.replace_range(3..4, if &token[3..4] == "9" { "8" } else { "9" });
+    for node in [a.http, b.http] {
+        for auth in [None, Some(forged.as_str()), Some("v1.1.YQ.AA")] {
+            let r =
+                http.put(format!("http://{node}/media/{other_address}")).body(other_blob.clone());
+            let r = match auth {
+                Some(t) => r.bearer_auth(t),
+                None => r,
+            };
+            assert_eq!(r.send().await.unwrap().status(), 401, "{auth:?}");
+            let mut p = http.get(format!("http://{node}/proxy/{INTEGRATOR}/{their_address}"));
+            if let Some(t) = auth {
+                p = p.bearer_auth(t);
+            }
+            assert_eq!(p.send().await.unwrap().status(), 401, "{auth:?}");
+        }
+    }
 }
