@@ -237,6 +237,7 @@ fn measure(
         } else {
             0.0
         },
+        "postgres_sessions_ended": last.sessions.saturating_sub(first.sessions),
         "redis_commands": redis,
         "redis_round_trips_per_message": per(round_trips),
         "ack_mean_ms": if ack_count > 0.0 { 1000.0 * ack_sum / ack_count } else { 0.0 },
@@ -260,6 +261,9 @@ struct Snapshot {
     /// `pg_stat_wal`: WAL fsyncs and the milliseconds spent in them.
     wal_syncs: u64,
     wal_sync_ms: f64,
+    /// `pg_stat_database.sessions`: connections made to the set-up's database (counted when
+    /// they end).
+    sessions: u64,
     /// Each node's `/metrics`.
     metrics: Vec<String>,
 }
@@ -284,11 +288,13 @@ fn snapshot(
         &format!(
             "SELECT pg_current_xact_id()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0'), \
              (SELECT xact_commit FROM pg_stat_database WHERE datname = '{database}'), \
-             wal_sync, wal_sync_time FROM pg_stat_wal"
+             wal_sync, wal_sync_time, \
+             (SELECT sessions FROM pg_stat_database WHERE datname = '{database}') \
+             FROM pg_stat_wal"
         ),
     )?;
     let fields: Vec<&str> = row.split('|').collect();
-    let [xid, wal_bytes, commits, wal_syncs, wal_sync_ms] = fields[..] else {
+    let [xid, wal_bytes, commits, wal_syncs, wal_sync_ms, sessions] = fields[..] else {
         bail!("unexpected PostgreSQL statistics: {row:?}");
     };
     Ok(Snapshot {
@@ -298,6 +304,7 @@ fn snapshot(
         commits: commits.parse()?,
         wal_syncs: wal_syncs.parse()?,
         wal_sync_ms: wal_sync_ms.parse()?,
+        sessions: sessions.parse()?,
         metrics,
     })
 }
