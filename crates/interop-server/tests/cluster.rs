@@ -1060,6 +1060,8 @@ struct Traffic {
     redelivered: usize,
     /// Connections lost and made again, to the surviving node.
     reconnects: usize,
+    /// Messages sent again after a reconnect (unacknowledged when the connection was lost).
+    resent: usize,
 }
 
 /// One user under load: sends `total` messages (`<prefix><n>`) to its partner `to`, `window`
@@ -1101,6 +1103,7 @@ async fn chat_under_load(
         let Some(stanza) = stanza else {
             client = Client::connect(fallback, root, &keys).await.expect("reconnects");
             t.reconnects += 1;
+            t.resent += in_flight.len();
             for id in &in_flight {
                 assert!(client.send(&message(id, &to, &device)).await, "the survivor is up");
             }
@@ -1153,7 +1156,7 @@ async fn a_node_process_sigkilled_under_load_loses_nothing_acked() {
     /// Pairs of users; in pair `i`, user `a<i>` is on node A and `b<i>` on node B.
     const PAIRS: usize = 5;
     /// Messages each user sends.
-    const TOTAL: usize = 100;
+    const TOTAL: usize = 150;
     /// Unacknowledged messages per sender.
     const WINDOW: usize = 8;
     /// A bound on the whole load phase (a hang bound, not synchronisation).
@@ -1227,9 +1230,10 @@ async fn a_node_process_sigkilled_under_load_loses_nothing_acked() {
     );
     for (side, name) in [(0, "node A's users"), (1, "node B's users")] {
         eprintln!(
-            "  {name}: acked before the kill {}, resends answered duplicate {}, \
-             redelivered copies dropped {}, reconnects {}",
+            "  {name}: acked before the kill {}, resent after reconnecting {}, answered \
+             duplicate {}, redelivered copies dropped {}, reconnects {}",
             sum(|t| t.acked_before_kill, side),
+            sum(|t| t.resent, side),
             sum(|t| t.answered_duplicate, side),
             sum(|t| t.redelivered, side),
             sum(|t| t.reconnects, side),
@@ -1253,6 +1257,7 @@ async fn a_node_process_sigkilled_under_load_loses_nothing_acked() {
         assert_eq!(on_b.reconnects, 0, "b{i} kept its connection to node B");
     }
     assert!(sum(|t| t.acked_before_kill, 0) >= third, "the acks counted before the kill");
+    assert!(sum(|t| t.resent, 0) > 0, "messages were in flight through node A at the kill");
 }
 
 /// A `redis-server` of this test's own, so that it can be killed and started again.
