@@ -82,8 +82,14 @@ pub struct Target {
 }
 
 impl Target {
-    fn options(&self, keys: StaticKeypair, account: &str, resume: bool) -> Result<ConnectOptions> {
-        let mut opts = ConnectOptions::new(self.server.clone(), account);
+    fn options(
+        &self,
+        server: &str,
+        keys: StaticKeypair,
+        account: &str,
+        resume: bool,
+    ) -> Result<ConnectOptions> {
+        let mut opts = ConnectOptions::new(server.to_owned(), account);
         opts.trust_anchor = Some(TrustAnchor::new(self.root).context("bad root key")?);
         opts.device_key = keys;
         opts.product = Product::Native;
@@ -94,7 +100,12 @@ impl Target {
 
     /// Connects as `user` (IK when `resume` and the server key is known, else XX).
     pub async fn connect(&self, user: &User, resume: bool) -> Result<GkConn> {
-        let opts = self.options(user.keypair()?, &user.account, resume)?;
+        self.connect_via(&self.server, user, resume).await
+    }
+
+    /// Connects as `user` to `server`, one node of a cluster sharing this target's keys.
+    pub async fn connect_via(&self, server: &str, user: &User, resume: bool) -> Result<GkConn> {
+        let opts = self.options(server, user.keypair()?, &user.account, resume)?;
         let conn = Connection::connect(&opts).await?;
         Ok(GkConn::new(conn))
     }
@@ -192,7 +203,7 @@ pub async fn register(
 ) -> Result<(User, [u8; 32])> {
     let keys = StaticKeypair::generate(&mut rand::rng());
     let key_hex = hex::encode(keys.to_bytes().as_slice());
-    let opts = target.options(keys, "", false)?;
+    let opts = target.options(&target.server, keys, "", false)?;
     let mut conn = Connection::connect(&opts).await?;
     let server_key = conn.server_key();
     let sent = enlist_iq(

@@ -141,6 +141,8 @@ pub struct Report {
     pub delivered: u64,
     /// `delivered / measured_s`.
     pub delivered_per_s: f64,
+    /// Messages received over the whole run, warm-up and wind-down included (mode pairs).
+    pub delivered_total: u64,
     /// Send to receipt by the recipient.
     pub latency: Option<LatencySummary>,
     /// Handshake / login phases.
@@ -149,8 +151,13 @@ pub struct Report {
     pub idle: Option<IdleMemory>,
     /// Mode `offline`.
     pub offline: Option<Offline>,
-    /// The server process over the measured interval.
+    /// The server process over the measured interval (a cluster: every node, summed).
     pub server: ProcUsage,
+    /// How many server processes `server` sums (the nodes of a cluster).
+    pub server_processes: usize,
+    /// Named processes the server depends on (a cluster's PostgreSQL and Redis), each with its
+    /// child processes, over the measured interval (mode pairs).
+    pub components: std::collections::BTreeMap<String, ProcUsage>,
     /// The generator (this process) over the measured interval.
     pub generator: ProcUsage,
     /// Errors by kind (connect failures, refusals, closed connections...).
@@ -238,6 +245,12 @@ impl Report {
                 self.server.cpu_cores, self.server.rss_kib, self.server.peak_rss_kib
             ),
         );
+        for (name, u) in &self.components {
+            row(
+                &format!("{name} CPU / RSS"),
+                format!("{:.2} cores / {} KiB", u.cpu_cores, u.rss_kib),
+            );
+        }
         row(
             "generator CPU / RSS",
             format!("{:.2} cores / {} KiB", self.generator.cpu_cores, self.generator.rss_kib),

@@ -5,6 +5,7 @@
 //! the generator to one core), one task per pair or worker. Every phase has a deadline.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -115,15 +116,42 @@ impl Params {
     }
 }
 
+/// How the users spread over the nodes of a gatekeeper cluster (all on one node without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Both users of pair `p` on node `p mod N`: every message is routed within one node.
+    #[default]
+    Same,
+    /// User `2p` on node `p mod N`, user `2p + 1` on node `p + 1 mod N`: with two nodes or
+    /// more, every message crosses from one node to another.
+    Cross,
+}
+
+impl Placement {
+    /// The node (index) user `user` connects to, of `nodes`.
+    pub fn node_of(self, user: usize, nodes: usize) -> usize {
+        let pair = user / 2;
+        match self {
+            Placement::Same => pair % nodes.max(1),
+            Placement::Cross => (pair + user % 2) % nodes.max(1),
+        }
+    }
+}
+
 /// The server under load.
 #[derive(Debug)]
 pub enum Target {
     /// The gatekeeper with the users `loadgen prepare` registered.
     Gatekeeper {
-        /// Address and keys.
+        /// Address and keys (`target.server`: the first node).
         target: gk::Target,
         /// Registered users.
         users: Vec<gk::User>,
+        /// The chat listeners of the cluster's nodes (one: a single node).
+        nodes: Vec<String>,
+        /// Which user connects to which node.
+        placement: Placement,
     },
     /// A plain XMPP server with bulk-loaded users.
     Xmpp(xmpp::Target),
@@ -182,9 +210,10 @@ impl Target {
         timeout: Duration,
     ) -> Result<Conn> {
         match self {
-            Target::Gatekeeper { target, users } => {
+            Target::Gatekeeper { target, users, nodes, placement } => {
                 let user = &users[i];
-                let mut c = tokio::time::timeout(timeout, target.connect(user, resume))
+                let node = nodes.get(placement.node_of(i, nodes.len())).unwrap_or(&target.server);
+                let mut c = tokio::time::timeout(timeout, target.connect_via(node, user, resume))
                     .await
                     .map_err(|_| anyhow::anyhow!("handshake timed out"))??;
                 if confirm {
@@ -361,13 +390,57 @@ impl Shared {
     }
 }
 
-/// Runs one mode against `target`; `server_pid` is sampled in `/proc`.
+/// The processes a run samples in `/proc`.
+#[derive(Debug, Clone, Default)]
+pub struct Watched {
+    /// The server's processes (a cluster: every node), summed as the report's `server`. The
+    /// modes other than pairs sample the first only.
+    pub servers: Vec<u32>,
+    /// Named processes the server depends on (a database, Redis), each sampled with its child
+    /// processes (mode pairs).
+    pub components: Vec<(String, u32)>,
+    /// A file to which `start` and `end` lines are appended when the measured interval of mode
+    /// pairs begins and ends, right after the processes were sampled: whoever runs the
+    /// generator reads its own counters (a database's, Redis's) over the same interval.
+    pub marks: Option<std::path::PathBuf>,
+}
+
+impl Watched {
+    /// The servers, summed; `None` when one cannot be read.
+    fn sample_servers(&self) -> Option<ProcSample> {
+        let mut total = ProcSample::default();
+        for &pid in &self.servers {
+            let s = sys::sample(Some(pid)).ok()?;
+            total.cpu_s += s.cpu_s;
+            total.rss_kib += s.rss_kib;
+            total.hwm_kib += s.hwm_kib;
+        }
+        (!self.servers.is_empty()).then_some(total)
+    }
+
+    fn sample_components(&self) -> Vec<Option<BTreeMap<u32, ProcSample>>> {
+        self.components.iter().map(|(_, pid)| sys::sample_tree(*pid).ok()).collect()
+    }
+
+    /// Appends `line` to the marks file, if there is one.
+    fn mark(&self, line: &str) -> Result<()> {
+        use std::io::Write as _;
+        if let Some(path) = &self.marks {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one mode against `target`, sampling the `watched` processes in `/proc`.
 pub async fn run(
     target: &Target,
     params: &Params,
     system: &str,
-    server_pid: Option<u32>,
+    watched: &Watched,
 ) -> Result<Report> {
+    let server_pid = watched.servers.first().copied();
     let mut report = Report {
         system: system.to_owned(),
         mode: params.mode.name().to_owned(),
@@ -431,7 +504,7 @@ pub async fn run(
     let result = local
         .run_until(async {
             match params.mode {
-                Mode::Pairs => pairs(target, &params, &shared, server_pid).await,
+                Mode::Pairs => pairs(target, &params, &shared, watched).await,
                 Mode::Idle => idle(target, &params, &shared, server_pid).await,
                 Mode::Storm => storm(target, &params, &shared, server_pid).await,
                 Mode::Offline => offline(target, &params, &shared, server_pid).await,
@@ -519,7 +592,7 @@ async fn connect_all(
 }
 
 /// Mode pairs: connection 2i and 2i+1 send each other messages, `window` in flight each way.
-async fn pairs(target: &Target, p: &Params, shared: &Rc<Shared>, pid: Option<u32>) -> Result<()> {
+async fn pairs(target: &Target, p: &Params, shared: &Rc<Shared>, watched: &Watched) -> Result<()> {
     let users: Vec<usize> = (0..2 * p.pairs).collect();
     let (conns, secs) = connect_all(target, &users, ONLINE, p, shared, "connecting").await;
     let connected = conns.iter().filter(|c| c.is_some()).count();
@@ -551,13 +624,16 @@ async fn pairs(target: &Target, p: &Params, shared: &Rc<Shared>, pid: Option<u32
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut before = None;
     let mut gen_before = None;
+    let mut components_before = Vec::new();
     while Instant::now() < to {
         tick.tick().await;
         let now = Instant::now();
         if before.is_none() && now >= from {
-            before = sample(pid);
+            before = watched.sample_servers();
+            components_before = watched.sample_components();
             gen_before = sys::sample(None).ok();
             shared.delivered.set(0);
+            watched.mark("start")?;
         }
         let done = now.saturating_duration_since(from).as_secs_f64();
         spin.set_message(format!(
@@ -569,17 +645,30 @@ async fn pairs(target: &Target, p: &Params, shared: &Rc<Shared>, pid: Option<u32
         ));
         spin.tick();
     }
-    let after = sample(pid);
+    let after = watched.sample_servers();
+    let components_after = watched.sample_components();
     let gen_after = sys::sample(None).ok();
+    watched.mark("end")?;
     spin.finish_and_clear();
     for t in tasks {
         let _ = t.await;
     }
     let mut r = shared.report.borrow_mut();
+    r.server_processes = watched.servers.len();
+    for (((name, _), b), a) in
+        watched.components.iter().zip(components_before).zip(components_after)
+    {
+        let (b, a) = match (b, a) {
+            (Some(b), Some(a)) => (Some(ProcSample::default()), Some(sys::tree_usage(&b, &a))),
+            _ => (None, None),
+        };
+        r.components.insert(name.clone(), usage(b, a, p.duration));
+    }
     r.measured_s = p.duration;
     r.sent = shared.sent.get();
     r.delivered = shared.delivered.get();
     r.delivered_per_s = r.delivered as f64 / p.duration;
+    r.delivered_total = shared.delivered_total.get();
     r.latency = shared.latency.borrow().summary();
     r.server = usage(before, after, p.duration);
     r.generator = usage(gen_before, gen_after, p.duration);
@@ -994,4 +1083,28 @@ async fn queue_for(
     })
     .await
     .map_err(|_| anyhow::anyhow!("the server did not take the queued messages in time"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placements_put_a_pair_on_one_node_or_across_two() {
+        for nodes in 1..=4 {
+            let mut load = vec![0; nodes];
+            for pair in 0..60 {
+                let (a, b) = (2 * pair, 2 * pair + 1);
+                let same = (Placement::Same.node_of(a, nodes), Placement::Same.node_of(b, nodes));
+                assert_eq!(same.0, same.1);
+                let cross =
+                    (Placement::Cross.node_of(a, nodes), Placement::Cross.node_of(b, nodes));
+                assert_eq!(cross.0 != cross.1, nodes > 1, "pair {pair} on {nodes} nodes");
+                load[cross.0] += 1;
+                load[cross.1] += 1;
+            }
+            // Every node carries the same number of connections.
+            assert!(load.iter().all(|&n| n == 120 / nodes), "{load:?}");
+        }
+    }
 }

@@ -34,6 +34,57 @@ pub fn sample(pid: Option<u32>) -> Result<ProcSample> {
     })
 }
 
+/// A process and all its descendants (a database server's backends, say), each by pid, so that
+/// two readings can be compared process by process (see [`tree_usage`]).
+pub fn sample_tree(pid: u32) -> Result<std::collections::BTreeMap<u32, ProcSample>> {
+    let mut out = std::collections::BTreeMap::new();
+    out.insert(pid, sample(Some(pid))?);
+    let mut children: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        if let Some(parent) = parse_ppid(&stat) {
+            children.push((child, parent));
+        }
+    }
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for &(child, _) in children.iter().filter(|(_, p)| *p == parent) {
+            // A process that ended since the directory was read is left out.
+            if let Ok(s) = sample(Some(child)) {
+                out.insert(child, s);
+            }
+            parents.push(child);
+        }
+    }
+    Ok(out)
+}
+
+/// CPU seconds a process tree used between two [`sample_tree`] readings, and its memory at
+/// the second: each process present at the second reading counts the CPU it used since the
+/// first (all of it if it started since). A process that ended in between (a short-lived
+/// worker) takes its time with it, so this is a lower bound.
+pub fn tree_usage(
+    before: &std::collections::BTreeMap<u32, ProcSample>,
+    after: &std::collections::BTreeMap<u32, ProcSample>,
+) -> ProcSample {
+    let mut total = ProcSample::default();
+    for (pid, a) in after {
+        let since = before.get(pid).map_or(0.0, |b| b.cpu_s);
+        total.cpu_s += (a.cpu_s - since).max(0.0);
+        total.rss_kib += a.rss_kib;
+        total.hwm_kib += a.hwm_kib;
+    }
+    total
+}
+
+/// The parent pid (field 4), counted after the command name's last `)`.
+fn parse_ppid(stat: &str) -> Option<u32> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
 /// utime + stime (fields 14 and 15) in seconds. The command name (field 2) may contain
 /// spaces and parentheses, so fields are counted after its last `)`.
 fn parse_cpu(stat: &str) -> Option<f64> {
@@ -120,5 +171,23 @@ mod tests {
     fn this_process_can_be_sampled() {
         let s = sample(None).unwrap();
         assert!(s.rss_kib > 0);
+    }
+
+    #[test]
+    fn a_process_tree_sums_its_children() {
+        assert_eq!(parse_ppid("1234 (a (b) c) S 77 2 3"), Some(77));
+        assert_eq!(parse_ppid("garbage"), None);
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let tree = sample_tree(std::process::id()).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(tree.contains_key(&std::process::id()));
+        assert!(tree.contains_key(&child.id()), "the child is in the tree: {tree:?}");
+        // Per process: one that ended drops out, one that started counts from zero.
+        let at = |cpu_s| ProcSample { cpu_s, rss_kib: 10, hwm_kib: 10 };
+        let before = [(1, at(5.0)), (2, at(1.0))].into_iter().collect();
+        let after = [(1, at(7.0)), (3, at(0.5))].into_iter().collect();
+        let used = tree_usage(&before, &after);
+        assert_eq!((used.cpu_s, used.rss_kib), (2.5, 20));
     }
 }

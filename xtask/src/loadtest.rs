@@ -8,6 +8,11 @@
 //! configured once, its users bulk-loaded with one `ejabberdctl import_piefxis` call, then
 //! restarted for each measured run. The server is pinned to core 0 and the generator to core 1
 //! (`taskset`). Nothing here runs in CI: a full run takes minutes.
+//!
+//! `--cluster N` measures the gatekeeper on PostgreSQL + Redis instead: one node against N
+//! nodes, with the pairs on one node or across nodes (see [`cluster`]).
+
+mod cluster;
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -31,6 +36,10 @@ options:
   --mode pairs|idle|storm|offline|all   pattern (default pairs; all = idle, storm, pairs, offline)
   --baseline ejabberd                   also measure ejabberd (apt-get install ejabberd if missing)
   --smoke                               10 pairs for 2 s, gatekeeper only (a quick check)
+  --cluster N                           mode pairs on PostgreSQL + Redis (started here, as
+                                        `cargo xtask services up`, in the scratch directory):
+                                        1 node, then N nodes with each pair on one node, then
+                                        N nodes with each pair across two nodes
   --no-pin                              do not pin server and generator to cores 0 and 1
   --json                                print the combined results as JSON
   --keep                                keep the scratch directory (target/loadtest/<time>)
@@ -46,6 +55,7 @@ loadgen options (after --), the same for both systems:
 examples:
   cargo xtask loadtest -- --pairs 50 --duration 5
   cargo xtask loadtest --mode all --baseline ejabberd
+  cargo xtask loadtest --cluster 2 -- --pairs 200 --window 10 --duration 10
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +66,8 @@ struct Options {
     json: bool,
     keep: bool,
     callgrind: bool,
+    /// `--cluster N`: the PostgreSQL + Redis set-ups with N nodes.
+    cluster: Option<usize>,
     loadgen_args: Vec<String>,
 }
 
@@ -71,6 +83,7 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
         json: false,
         keep: false,
         callgrind: false,
+        cluster: None,
         loadgen_args: passthrough.to_vec(),
     };
     let mut it = own.iter();
@@ -95,6 +108,13 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
                     ["--pairs", "10", "--duration", "2", "--warmup", "0.5"].map(String::from),
                 );
             }
+            "--cluster" => {
+                let n = it.next().context("--cluster needs a number of nodes")?;
+                match n.parse::<usize>() {
+                    Ok(n) if (2..=8).contains(&n) => o.cluster = Some(n),
+                    _ => bail!("--cluster takes a number of nodes from 2 to 8 (got {n:?})"),
+                }
+            }
             "--no-pin" => o.pin = false,
             "--json" => o.json = true,
             "--keep" => o.keep = true,
@@ -104,6 +124,9 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
             }
             other => bail!("loadtest: unknown option {other:?}\n\n{HELP}"),
         }
+    }
+    if o.cluster.is_some() && (o.ejabberd || o.modes != ["pairs"]) {
+        bail!("--cluster runs mode pairs on the gatekeeper only (no --mode, no --baseline)");
     }
     Ok(Some(o))
 }
@@ -130,7 +153,20 @@ pub fn run(args: &[String]) -> Result<()> {
         "--bins",
     ])
     .status_checked()?;
-    let bin = target_dir()?.join("release");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let scratch = target_dir()?.join("loadtest").join(stamp.to_string());
+    std::fs::create_dir_all(scratch.join("bin"))?;
+    let scratch = std::fs::canonicalize(&scratch)?;
+    // The binaries run from a copy: another build into the same target directory (another
+    // checkout sharing it) must not swap them in the middle of the run.
+    let built = target_dir()?.join("release");
+    let bin = scratch.join("bin");
+    for name in ["interop-server", "loadgen"] {
+        std::fs::copy(built.join(name), bin.join(name))
+            .with_context(|| format!("copying {name} into {}", bin.display()))?;
+    }
     let tools = Tools {
         server: bin.join("interop-server"),
         loadgen: bin.join("loadgen"),
@@ -138,13 +174,20 @@ pub fn run(args: &[String]) -> Result<()> {
         quiet_stdout: opts.json,
         callgrind: opts.callgrind,
     };
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let scratch = target_dir()?.join("loadtest").join(stamp.to_string());
-    std::fs::create_dir_all(&scratch)?;
-    let scratch = std::fs::canonicalize(&scratch)?;
 
+    if let Some(nodes) = opts.cluster {
+        let mut summary = cluster::run(&tools, &scratch, nodes, &opts.loadgen_args)?;
+        summary["revision"] = revision();
+        std::fs::write(scratch.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        } else {
+            print!("{}", cluster::table(&summary));
+        }
+        finish(&scratch, opts.keep, &["services"])?;
+        eprintln!("xtask: loadtest: {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let mut results = Vec::new();
     let mut ejabberd = None;
     let mut ejabberd_problem = None;
@@ -194,17 +237,27 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         print!("{}", table(&summary));
     }
-    if opts.keep {
-        eprintln!("xtask: loadtest: scratch directory kept: {}", scratch.display());
-    } else {
-        // Keep the reports, drop the servers' data.
-        for entry in std::fs::read_dir(&scratch)?.flatten() {
-            let _ = std::fs::remove_dir_all(entry.path().join("data"));
-            let _ = std::fs::remove_dir_all(entry.path().join("spool"));
-        }
-        eprintln!("xtask: loadtest: reports in {}", scratch.display());
-    }
+    finish(&scratch, opts.keep, &[])?;
     eprintln!("xtask: loadtest: {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Keeps the scratch directory (`keep`), or only the reports: the servers' data and the
+/// directories named in `also` go.
+fn finish(scratch: &Path, keep: bool, also: &[&str]) -> Result<()> {
+    if keep {
+        eprintln!("xtask: loadtest: scratch directory kept: {}", scratch.display());
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(scratch)?.flatten() {
+        let _ = std::fs::remove_dir_all(entry.path().join("data"));
+        let _ = std::fs::remove_dir_all(entry.path().join("spool"));
+    }
+    let _ = std::fs::remove_dir_all(scratch.join("bin"));
+    for dir in also {
+        let _ = std::fs::remove_dir_all(scratch.join(dir));
+    }
+    eprintln!("xtask: loadtest: reports in {}", scratch.display());
     Ok(())
 }
 
@@ -268,10 +321,18 @@ impl Tools {
     /// Starts the gatekeeper on `data`, its output to `log`: the process, chat address and
     /// root key.
     fn start_gatekeeper(&self, data: &Path, log: &Path) -> Result<(Server, String, String)> {
+        let node = self.start_node(data, log, GATEKEEPER_CONFIG)?;
+        Ok((node.server, node.addr, node.root))
+    }
+
+    /// Starts `interop-server gatekeeper` on `data` with the configuration file `config`, its
+    /// output to `log`, and waits for its start-up lines.
+    fn start_node(&self, data: &Path, log: &Path, config: &str) -> Result<Node> {
         let stdout = std::fs::File::create(log)?;
         let stderr = std::fs::File::create(log.with_extension("stderr"))?;
+        let config_text = config;
         let config = log.with_extension("toml");
-        std::fs::write(&config, GATEKEEPER_CONFIG)?;
+        std::fs::write(&config, config_text)?;
         let measured = log.file_name().is_some_and(|n| n == "run.log");
         let mut c = if self.callgrind && measured {
             let mut c = self.pinned(0, Path::new("valgrind"));
@@ -297,8 +358,10 @@ impl Tools {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let line =
                 |p: &str| text.lines().find_map(|l| l.strip_prefix(p)).map(|v| v.trim().to_owned());
-            if let (Some(addr), Some(root)) = (line("listening "), line("root-key ")) {
-                return Ok((server, addr, root));
+            if let (Some(addr), Some(root), Some(http)) =
+                (line("listening "), line("root-key "), line("http "))
+            {
+                return Ok(Node { server, addr, root, http });
             }
             if Instant::now() > deadline {
                 bail!("the gatekeeper did not start: {}", tail(&log.with_extension("stderr")));
@@ -347,6 +410,14 @@ impl Tools {
         }
         read_json(&report)
     }
+}
+
+/// A started gatekeeper: the process, its chat and HTTP listeners and its root key.
+struct Node {
+    server: Server,
+    addr: String,
+    root: String,
+    http: String,
 }
 
 /// A server process we started; stopped with SIGTERM (then SIGKILL) on drop at the latest.
@@ -858,6 +929,13 @@ shaper_rules:
         assert!(parse(&args("--baseline prosody")).is_err());
         let smoke = parse(&args("--smoke")).unwrap().unwrap();
         assert!(smoke.loadgen_args.contains(&"10".to_owned()));
+        let cluster = parse(&args("--cluster 2 -- --pairs 200")).unwrap().unwrap();
+        assert_eq!(cluster.cluster, Some(2));
+        assert_eq!(cluster.loadgen_args, ["--pairs", "200"]);
+        assert!(parse(&args("--cluster 1")).is_err());
+        assert!(parse(&args("--cluster two")).is_err());
+        assert!(parse(&args("--cluster 2 --baseline ejabberd")).is_err());
+        assert!(parse(&args("--cluster 2 --mode idle")).is_err());
     }
 
     #[test]

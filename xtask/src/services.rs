@@ -226,6 +226,74 @@ fn start(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What `up` started in a scratch directory: the URLs and the server processes.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// `postgres://postgres@127.0.0.1:<port>/interop`.
+    pub database_url: String,
+    /// `redis://127.0.0.1:<port>/`.
+    pub redis_url: String,
+    /// The postmaster (its backends are its children).
+    pub postgres_pid: u32,
+    /// The Redis server.
+    pub redis_pid: u32,
+}
+
+/// The services running in `dir` (after [`up`]).
+pub fn running(dir: &Path) -> Result<Running> {
+    let env = fs::read_to_string(dir.join("services.env"))
+        .with_context(|| format!("services are not up in {}", dir.display()))?;
+    let value = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_owned)
+            .with_context(|| format!("no {key} in services.env"))
+    };
+    // A daemonised Redis writes its pid file a moment after `up` returned.
+    let pidfiles =
+        [dir.join("pg").join("data").join("postmaster.pid"), dir.join("redis").join("redis.pid")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (postgres_pid, redis_pid) = loop {
+        match (pid_in(&pidfiles[0]), pid_in(&pidfiles[1])) {
+            (Some(pg), Some(redis)) => break (pg, redis),
+            _ if Instant::now() > deadline => {
+                bail!("no {} or {} after 10 s", pidfiles[0].display(), pidfiles[1].display())
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    Ok(Running {
+        database_url: value("DATABASE_URL=")?,
+        redis_url: value("REDIS_URL=")?,
+        postgres_pid,
+        redis_pid,
+    })
+}
+
+/// Creates database `name` in the PostgreSQL of `dir`: its URL.
+pub fn create_database(dir: &Path, name: &str) -> Result<String> {
+    let running = running(dir)?;
+    let port = port_of_url(&format!("DATABASE_URL={}", running.database_url))
+        .context("no port in DATABASE_URL")?
+        .to_string();
+    checked(
+        pg(&pg_bin()?.join("createdb"), &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", name]),
+        "createdb",
+    )?;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/{name}"))
+}
+
+/// One value from `psql -At -c <sql>` against `database_url` (a `postgres://` URL of `up`).
+pub fn psql_value(database_url: &str, sql: &str) -> Result<String> {
+    let out = pg(&pg_bin()?.join("psql"), &["-At", "-d", database_url, "-c", sql])
+        .output()
+        .context("could not run psql")?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// Stops the services (whatever of them still runs) and removes `services.env`.
 pub fn down(dir: &Path) -> Result<()> {
     let pg = stop_postgres(dir)?;

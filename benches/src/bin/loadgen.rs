@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::stream::{self, StreamExt};
-use interop_benches::run::{self, Params, Target};
+use interop_benches::run::{self, Params, Placement, Target, Watched};
 use interop_benches::{gk, payload, xmpp};
 
 #[derive(Debug, Parser)]
@@ -26,6 +26,8 @@ enum System {
     Xmpp,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Register native users with a running gatekeeper (codes read from its output) and write
@@ -56,15 +58,28 @@ enum Command {
         /// Which kind of server.
         #[arg(long, value_enum)]
         system: System,
-        /// The server's client listener (loopback).
-        #[arg(long)]
-        server: SocketAddr,
+        /// The server's client listener (loopback). Repeated: the nodes of a gatekeeper
+        /// cluster sharing one database (the users spread over them by `--placement`).
+        #[arg(long, required = true)]
+        server: Vec<SocketAddr>,
+        /// With several `--server`s: which user connects to which node.
+        #[arg(long, value_enum, default_value = "same")]
+        placement: Placement,
         /// The name in the report (default: gatekeeper / ejabberd).
         #[arg(long)]
         name: Option<String>,
-        /// The server's process id, for CPU and memory from /proc.
+        /// The server's process id, for CPU and memory from /proc. Repeated: every node of a
+        /// cluster (summed).
         #[arg(long)]
-        server_pid: Option<u32>,
+        server_pid: Vec<u32>,
+        /// `NAME=PID`: a process the server depends on (a database, Redis), reported with its
+        /// child processes under NAME (mode pairs). Repeatable.
+        #[arg(long, value_parser = component)]
+        component: Vec<(String, u32)>,
+        /// Append `start` and `end` lines to this file when the measured interval of mode pairs
+        /// begins and ends (`cargo xtask loadtest --cluster` reads its own counters then).
+        #[arg(long)]
+        marks: Option<PathBuf>,
         /// Gatekeeper: the state file of `prepare`.
         #[arg(long, required_if_eq("system", "gatekeeper"))]
         state: Option<PathBuf>,
@@ -106,8 +121,11 @@ fn main() -> Result<()> {
         Command::Run {
             system,
             server,
+            placement,
             name,
             server_pid,
+            component,
+            marks,
             state,
             xmpp_domain,
             xmpp_prefix,
@@ -116,21 +134,29 @@ fn main() -> Result<()> {
             json_file,
             params,
         } => {
-            loopback(server)?;
+            for s in &server {
+                loopback(*s)?;
+            }
+            let first = server[0];
             let (target, default_name) = match system {
                 System::Gatekeeper => {
                     let path = state.context("--state is required for the gatekeeper")?;
                     let state = gk::State::load(&path)?;
                     let target = gk::Target {
-                        server: server.to_string(),
+                        server: first.to_string(),
                         root: gk::key32(&state.root_key)?,
                         server_key: Some(gk::key32(&state.server_key)?),
                     };
-                    (Target::Gatekeeper { target, users: state.users }, "gatekeeper")
+                    let nodes = server.iter().map(SocketAddr::to_string).collect();
+                    (
+                        Target::Gatekeeper { target, users: state.users, nodes, placement },
+                        "gatekeeper",
+                    )
                 }
+                System::Xmpp if server.len() > 1 => bail!("one --server for an XMPP server"),
                 System::Xmpp => (
                     Target::Xmpp(xmpp::Target {
-                        server: server.to_string(),
+                        server: first.to_string(),
                         domain: xmpp_domain,
                         prefix: xmpp_prefix,
                         password: xmpp_password,
@@ -139,7 +165,18 @@ fn main() -> Result<()> {
                 ),
             };
             let name = name.unwrap_or_else(|| default_name.to_owned());
-            let report = rt.block_on(run::run(&target, &params, &name, server_pid))?;
+            let watched = Watched { servers: server_pid, components: component, marks };
+            let mut report = rt.block_on(run::run(&target, &params, &name, &watched))?;
+            if server.len() > 1 {
+                report.notes.push(format!(
+                    "{} gatekeeper nodes, placement {placement:?}: {}",
+                    server.len(),
+                    match placement {
+                        Placement::Same => "both users of a pair on one node",
+                        Placement::Cross => "the two users of a pair on different nodes",
+                    }
+                ));
+            }
             let text = serde_json::to_string_pretty(&report)?;
             if let Some(path) = json_file {
                 std::fs::write(&path, &text)
@@ -165,6 +202,12 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `NAME=PID`.
+fn component(text: &str) -> Result<(String, u32)> {
+    let (name, pid) = text.split_once('=').context("expected NAME=PID")?;
+    Ok((name.to_owned(), pid.parse().context("the PID is not a number")?))
 }
 
 /// The generator only ever targets loopback.

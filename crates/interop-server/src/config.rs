@@ -7,6 +7,7 @@
 //! listen = "0.0.0.0:5222"
 //! http_listen = "0.0.0.0:8080"
 //! data_dir = "/var/lib/interop"
+//! # media_dir = "/mnt/shared/media"              # default: data_dir/media; shared by all nodes
 //! audience = "gatekeeper"
 //! public_http_url = "https://media.gatekeeper.example"
 //! # database_url = "postgres://gk@db/interop"   # default: SQLite in data_dir
@@ -96,6 +97,9 @@ pub struct FileConfig {
     pub http_listen: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
+    /// The media host's blob directory (default: `media` in the data directory); the nodes of
+    /// a cluster share one.
+    pub media_dir: Option<PathBuf>,
     /// Audience id in tokens.
     pub audience: Option<String>,
     /// Development mode.
@@ -148,6 +152,7 @@ impl FileConfig {
             "LISTEN",
             "HTTP_LISTEN",
             "DATA_DIR",
+            "MEDIA_DIR",
             "AUDIENCE",
             "DEV",
             "PUBLIC_HTTP_URL",
@@ -199,11 +204,12 @@ mod tests {
         let path = dir.path().join("gk.toml");
         std::fs::write(
             &path,
-            "database_url = \"postgres://gk@db/interop\"\nredis_url = \"redis://r:6379/\"\nnode_id = \"gk-1\"\n",
+            "database_url = \"postgres://gk@db/interop\"\nredis_url = \"redis://r:6379/\"\nnode_id = \"gk-1\"\nmedia_dir = \"/mnt/shared/media\"\n",
         )
         .unwrap();
         let c = FileConfig::load(Some(&path)).unwrap();
         assert_eq!(c.redis_url.as_deref(), Some("redis://r:6379/"));
         assert_eq!(c.node_id.as_deref(), Some("gk-1"));
+        assert_eq!(c.media_dir.as_deref(), Some(Path::new("/mnt/shared/media")));
     }
 }

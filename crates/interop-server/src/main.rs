@@ -259,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
             })?;
             let listen = listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 5222).into());
             let mut gk = GatekeeperConfig::new(listen, data_dir);
+            gk.media_dir.clone_from(&file.media_dir);
             gk.http_listen = Some(
                 http_listen.or(file.http_listen).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             );

@@ -6,6 +6,10 @@
 //! native users registered over the enlistment iqs, speaking Noise + binary stanzas through
 //! `interop_noise::tokio::connect` directly.
 //!
+//! One test runs the nodes as real processes instead (the `interop-server gatekeeper` binary,
+//! configured by file as an operator would) and SIGKILLs one of them under load
+//! ([`a_node_process_sigkilled_under_load_loses_nothing_acked`]).
+//!
 //! Services: `cargo xtask services up` (or `INTEROP_TEST_DATABASE_URL` and
 //! `INTEROP_TEST_REDIS_URL`). Without them the tests skip, unless `INTEROP_REQUIRE_SERVICES=1`,
 //! under which they fail. The Redis-restart test starts a `redis-server` of its own.
@@ -37,8 +41,8 @@ use interop_server::store::postgres::PgStore;
 use interop_stanza::Node;
 use interop_stanza::binary::Codec;
 use interop_stanza::stanza::{
-    Ack, AckClass, ChatState, ChatStateKind, Enc, EncType, Message, MessageType, Participant,
-    StreamCondition, StreamError,
+    Ack, AckClass, ChatState, ChatStateKind, Enc, EncType, Iq, IqPayload, IqType, Message,
+    MessageType, Participant, StreamCondition, StreamError,
 };
 use rand::SeedableRng;
 use sqlx::Connection;
@@ -495,6 +499,23 @@ impl Client {
         while self.recv_wire().await.is_some() {}
     }
 
+    /// A media token and the media base URL (`media` iq).
+    async fn media_conn(&mut self) -> (String, String) {
+        self.next_id += 1;
+        let id = format!("m{}", self.next_id);
+        let iq = Iq::new(id.clone(), IqType::Get, Some("media"), IqPayload::MediaUploadInfoRequest);
+        assert!(self.send(&iq.into_node()).await);
+        let answer = self
+            .next_where("the media iq's answer", |n| {
+                n.tag == "iq" && n.attr("id") == Some(id.as_str())
+            })
+            .await;
+        match Iq::from_node(answer).unwrap().payload {
+            IqPayload::MediaUploadInfo(info) => (info.auth, info.hosts[0].hostname.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Whether a ping is answered (the connection is alive and served).
     async fn ping(&mut self) -> bool {
         self.next_id += 1;
@@ -883,6 +904,362 @@ async fn a_node_killed_under_load_loses_nothing_acked() {
     }
 }
 
+// --- nodes as processes --------------------------------------------------------------------------
+
+/// Verification codes the node processes print (`verification-code <identifier> <code>`), by
+/// identifier, and a wake-up for whoever waits for one.
+#[derive(Default)]
+struct Codes {
+    by_identifier: Mutex<HashMap<String, String>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Codes {
+    /// The code printed for `identifier`, waiting for it (bounded).
+    async fn wait(&self, identifier: &str) -> String {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            // Registered before the look-up, so that a code arriving in between wakes it.
+            let arrived = self.arrived.notified();
+            if let Some(code) = self.by_identifier.lock().unwrap().get(identifier) {
+                return code.clone();
+            }
+            let waited = tokio::time::timeout_at(deadline, arrived).await;
+            assert!(waited.is_ok(), "no verification code for {identifier} within {TIMEOUT:?}");
+        }
+    }
+}
+
+/// A gatekeeper node as a process of its own: the real `interop-server gatekeeper` binary,
+/// configured by file for the test's database and Redis. SIGKILLed on drop at the latest.
+struct NodeProcess {
+    child: Option<std::process::Child>,
+    addr: SocketAddr,
+    root: [u8; 32],
+}
+
+impl NodeProcess {
+    /// SIGKILL (`Child::kill` on Unix): no stream errors, no lease releases, no graceful
+    /// anything. Returns how the process ended.
+    fn kill(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the node runs");
+        child.kill().expect("SIGKILL delivered");
+        child.wait().expect("the killed node is reaped")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl World {
+    /// Starts `interop-server gatekeeper` as node `name` (a unique node id) on this world's
+    /// database, Redis and data directory (shared: the nodes have one server identity), with
+    /// the anti-abuse rate limits lifted, and waits for its `root-key` and `listening` lines.
+    /// Its verification codes go to `codes`.
+    async fn node_process(&self, name: &str, codes: &Arc<Codes>) -> NodeProcess {
+        use std::io::BufRead;
+        let config = self.dir.path().join(format!("node-{name}.toml"));
+        let node_id = format!("gk-{name}-{}", hex::encode(rand::random::<[u8; 4]>()));
+        std::fs::write(
+            &config,
+            format!(
+                "dev = true\ndatabase_url = \"{}\"\nredis_url = \"{}\"\nnode_id = \"{node_id}\"\n\
+                 stanzas_per_minute = 100000000\nnative_messages_per_minute = 100000000\n",
+                self.db.url, self.redis_url
+            ),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_interop-server"));
+        command
+            .args(["gatekeeper", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("gatekeeper"))
+            // Set here so that two nodes do not race to generate it in the shared directory.
+            .env("INTEROP_ADMIN_TOKEN", ADMIN)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for key in ["CONFIG", "DATABASE_URL", "REDIS_URL", "NODE_ID", "DEV", "DATA_DIR"] {
+            command.env_remove(format!("INTEROP_{key}"));
+        }
+        let mut child = command.spawn().expect("interop-server starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let codes = Arc::clone(codes);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let code = line.strip_prefix("verification-code ").and_then(|r| r.split_once(' '));
+                if let Some((identifier, code)) = code {
+                    codes.by_identifier.lock().unwrap().insert(identifier.into(), code.into());
+                    codes.arrived.notify_waiters();
+                } else {
+                    let _ = lines_tx.send(line);
+                }
+            }
+        });
+        let mut node =
+            NodeProcess { child: Some(child), addr: "0.0.0.0:0".parse().unwrap(), root: [0; 32] };
+        let mut root = None;
+        loop {
+            let line = tokio::time::timeout(TIMEOUT, lines.recv()).await;
+            let Ok(Some(line)) = line else {
+                let status = node.child.as_mut().map(|c| c.try_wait());
+                panic!("node {name} printed no `listening` line (exit status {status:?})")
+            };
+            match line.split_once(' ') {
+                Some(("root-key", hex)) => {
+                    root = Some(hex::decode(hex).unwrap().try_into().expect("a 32-byte key"));
+                }
+                Some(("listening", addr)) => {
+                    node.addr = addr.parse().unwrap();
+                    node.root = root.expect("`root-key` comes before `listening`");
+                    return node;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A native user registered through the node process at `addr`.
+async fn native_on(node: &NodeProcess, codes: &Codes, identifier: &str, seed: u8) -> User {
+    let keys = StaticKeypair::generate(&mut rand::rngs::StdRng::from_os_rng());
+    let mut c = Client::connect(node.addr, node.root, &keys).await.expect("connects");
+    let sent = c.enlist_iq(Request::Register { identifier: identifier.into() }).await;
+    assert!(matches!(sent, Response::CodeSent { .. }), "{sent:?}");
+    let code = codes.wait(identifier).await;
+    let confirmed = c
+        .enlist_iq(Request::Confirm { identifier: identifier.into(), code, keys: key_bundle(seed) })
+        .await;
+    let Response::Registered { address } = confirmed else { panic!("{confirmed:?}") };
+    User { keys, address, client: Some(c) }
+}
+
+/// What one user of [`chat_under_load`] saw.
+#[derive(Debug, Default)]
+struct Traffic {
+    /// Own message ids in the order the server acknowledged them.
+    acked: Vec<String>,
+    /// How many of them were acknowledged before the kill was announced.
+    acked_before_kill: usize,
+    /// Resends answered `duplicate`: stored before the crash, the ack lost with it.
+    answered_duplicate: usize,
+    /// The partner's message ids, first copies in arrival order (de-duplicated by id).
+    received: Vec<String>,
+    /// Copies that arrived again (redeliveries after the crash), dropped by the de-duplication.
+    redelivered: usize,
+    /// Connections lost and made again, to the surviving node.
+    reconnects: usize,
+    /// Messages sent again after a reconnect (unacknowledged when the connection was lost).
+    resent: usize,
+}
+
+/// One user under load: sends `total` messages (`<prefix><n>`) to its partner `to`, `window`
+/// unacknowledged at a time, while receiving (and acking) the partner's `total`; when the
+/// connection ends (its node died) it connects to `fallback` and resends, in order, whatever
+/// had not been acknowledged (the protocol's retry: `duplicate` counts as acknowledged).
+/// `progress` counts acknowledgements; `killed` tells which came before the kill.
+#[allow(clippy::too_many_arguments)]
+async fn chat_under_load(
+    mut client: Client,
+    keys: StaticKeypair,
+    (fallback, root): (SocketAddr, [u8; 32]),
+    (prefix, total, window): (String, usize, usize),
+    (to, device): (String, String),
+    partner_prefix: String,
+    progress: Arc<tokio::sync::watch::Sender<usize>>,
+    killed: Arc<std::sync::atomic::AtomicBool>,
+) -> Traffic {
+    let mut t = Traffic::default();
+    let mut seen = HashSet::new();
+    let mut in_flight: VecDeque<String> = VecDeque::new();
+    let mut next = 0;
+    while t.acked.len() < total || t.received.len() < total {
+        let mut alive = true;
+        while alive && in_flight.len() < window && next < total {
+            let id = format!("{prefix}{next:05}");
+            alive = client.send(&message(&id, &to, &device)).await;
+            // Sent or not, it waits for its ack: a lost one is resent after the reconnect.
+            in_flight.push_back(id);
+            next += 1;
+        }
+        let stanza = if !alive {
+            None
+        } else if let Some(buffered) = client.pending.pop_front() {
+            Some(buffered)
+        } else {
+            client.recv_wire().await
+        };
+        let Some(stanza) = stanza else {
+            client = Client::connect(fallback, root, &keys).await.expect("reconnects");
+            t.reconnects += 1;
+            t.resent += in_flight.len();
+            for id in &in_flight {
+                assert!(client.send(&message(id, &to, &device)).await, "the survivor is up");
+            }
+            continue;
+        };
+        match stanza.tag.as_str() {
+            "ack" => {
+                let ack = Ack::from_node(stanza).unwrap();
+                if ack.class != AckClass::Message || !in_flight.contains(&ack.id) {
+                    continue;
+                }
+                assert_eq!(in_flight.front(), Some(&ack.id), "acks come in sending order");
+                match ack.error.as_deref() {
+                    None => {}
+                    Some("duplicate") => t.answered_duplicate += 1,
+                    Some(other) => panic!("{} refused: {other}", ack.id),
+                }
+                t.acked.extend(in_flight.pop_front());
+                if !killed.load(Ordering::SeqCst) {
+                    t.acked_before_kill += 1;
+                }
+                progress.send_modify(|n| *n += 1);
+            }
+            "message" => {
+                let m = Message::from_node(stanza).unwrap();
+                assert!(m.id.starts_with(&partner_prefix), "{} is not from the partner", m.id);
+                // "Persist" (de-duplicating by id), then ack; a failed ack shows as the end of
+                // the connection at the next read.
+                if seen.insert(m.id.clone()) {
+                    t.received.push(m.id.clone());
+                } else {
+                    t.redelivered += 1;
+                }
+                let _ = client.ack(&m).await;
+            }
+            _ => {}
+        }
+    }
+    client.close().await;
+    t
+}
+
+/// Two `interop-server gatekeeper` processes on one database and one Redis; pairs of users, one
+/// of each pair on each node, message each other with several messages in flight. Once a third
+/// of node A's users' messages are acked, node A is SIGKILLed; its users reconnect to node B and
+/// resend what was not acked. Every message acked (before or after the kill) reaches the partner
+/// exactly once after de-duplication, in the order sent; node B's users never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_process_sigkilled_under_load_loses_nothing_acked() {
+    /// Pairs of users; in pair `i`, user `a<i>` is on node A and `b<i>` on node B.
+    const PAIRS: usize = 5;
+    /// Messages each user sends.
+    const TOTAL: usize = 150;
+    /// Unacknowledged messages per sender.
+    const WINDOW: usize = 8;
+    /// A bound on the whole load phase (a hang bound, not synchronisation).
+    const HANG: Duration = Duration::from_secs(60);
+    let began = Instant::now();
+    let Some(w) = world(None, Timing::fast()).await else { return };
+    let codes = Arc::new(Codes::default());
+    // One after the other: the first creates the server identity in the shared directory and
+    // runs the database migrations.
+    let mut a = w.node_process("a", &codes).await;
+    let b = w.node_process("b", &codes).await;
+    assert_eq!(a.root, b.root, "the nodes share one server identity");
+    let mut users = Vec::new();
+    for i in 0..PAIRS {
+        let seed = u8::try_from(i).unwrap();
+        let on_a = native_on(&a, &codes, &format!("+1555007{i:04}"), 2 * seed).await;
+        let on_b = native_on(&b, &codes, &format!("+1555008{i:04}"), 2 * seed + 1).await;
+        users.push((on_a, on_b));
+    }
+    let started = Instant::now();
+    let acked_via_a = Arc::new(tokio::sync::watch::Sender::new(0usize));
+    let acked_via_b = Arc::new(tokio::sync::watch::Sender::new(0usize));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, (on_a, on_b)) in users.iter_mut().enumerate() {
+        let (a_to, b_to) = ((on_b.jid(), on_b.device()), (on_a.jid(), on_a.device()));
+        for (user, progress, prefix, partner, to) in [
+            (&mut *on_a, &acked_via_a, format!("a{i}-"), format!("b{i}-"), a_to),
+            (&mut *on_b, &acked_via_b, format!("b{i}-"), format!("a{i}-"), b_to),
+        ] {
+            tasks.push(tokio::spawn(chat_under_load(
+                user.client.take().unwrap(),
+                user.keys.clone(),
+                (b.addr, b.root),
+                (prefix, TOTAL, WINDOW),
+                to,
+                partner,
+                Arc::clone(progress),
+                Arc::clone(&killed),
+            )));
+        }
+    }
+    // Mid-load (a third of node A's senders' messages acked), node A is SIGKILLed.
+    let third = PAIRS * TOTAL / 3;
+    let mut via_a = acked_via_a.subscribe();
+    // (The borrow `wait_for` returns is dropped at once: it holds the senders off.)
+    let reached =
+        tokio::time::timeout(HANG, via_a.wait_for(|n| *n >= third)).await.map(|r| r.is_ok());
+    assert_eq!(reached, Ok(true), "node A's senders never got {third} acks");
+    let status = a.kill();
+    killed.store(true, Ordering::SeqCst);
+    let killed_after = started.elapsed();
+    let (acked_a_at_kill, acked_b_at_kill) = (*acked_via_a.borrow(), *acked_via_b.borrow());
+    let mut traffic = Vec::new();
+    for task in tasks {
+        let done = tokio::time::timeout(HANG.saturating_sub(started.elapsed()), task).await;
+        traffic.push(done.expect("the load finished in time").expect("no user task panicked"));
+    }
+    let load = started.elapsed();
+
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "node A ended by SIGKILL");
+    let sum = |f: fn(&Traffic) -> usize, side: usize| -> usize {
+        traffic.iter().skip(side).step_by(2).map(f).sum()
+    };
+    eprintln!(
+        "node process killed under load: {PAIRS} pairs across the two nodes, {TOTAL} messages \
+         each way, window {WINDOW}; killed {killed_after:?} into the load ({acked_a_at_kill} \
+         acks via node A, {acked_b_at_kill} via node B); load {load:?}, whole test {:?}",
+        began.elapsed()
+    );
+    for (side, name) in [(0, "node A's users"), (1, "node B's users")] {
+        eprintln!(
+            "  {name}: acked before the kill {}, resent after reconnecting {}, answered \
+             duplicate {}, redelivered copies dropped {}, reconnects {}",
+            sum(|t| t.acked_before_kill, side),
+            sum(|t| t.resent, side),
+            sum(|t| t.answered_duplicate, side),
+            sum(|t| t.redelivered, side),
+            sum(|t| t.reconnects, side),
+        );
+    }
+    for (i, pair) in traffic.chunks(2).enumerate() {
+        let [on_a, on_b] = pair else { unreachable!("two users per pair") };
+        // Everything was acked in the end (resent until acked); the acks came in sending
+        // order, so `acked` is also the sending order.
+        for (t, prefix) in [(on_a, 'a'), (on_b, 'b')] {
+            let all: Vec<String> = (0..TOTAL).map(|n| format!("{prefix}{i}-{n:05}")).collect();
+            assert_eq!(t.acked, all, "{prefix}{i}: every message acked, in order");
+        }
+        // Every acked message (before and after the kill) delivered exactly once after
+        // de-duplication, in the sender's order.
+        assert_eq!(on_b.received, on_a.acked, "b{i} got a{i}'s messages once, in order");
+        assert_eq!(on_a.received, on_b.acked, "a{i} got b{i}'s messages once, in order");
+        // Node A's users were mid-load at the kill and moved to node B; node B's stayed.
+        assert!(on_a.acked_before_kill < TOTAL, "a{i} was still sending at the kill");
+        assert!(on_a.reconnects >= 1, "a{i} reconnected to node B");
+        assert_eq!(on_b.reconnects, 0, "b{i} kept its connection to node B");
+    }
+    assert!(sum(|t| t.acked_before_kill, 0) >= third, "the acks counted before the kill");
+    assert!(sum(|t| t.resent, 0) > 0, "messages were in flight through node A at the kill");
+}
+
 /// A `redis-server` of this test's own, so that it can be killed and started again.
 struct OwnRedis {
     port: u16,
@@ -1159,4 +1536,118 @@ async fn provider_changes_and_opt_outs_reach_every_node() {
         (error.condition, error.text.as_deref()),
         (StreamCondition::NotAuthorized, Some("provider_disabled"))
     );
+}
+
+/// A provider session of a new provider account `username` (for its media host).
+async fn provider_session(issuer: &str, username: &str) -> String {
+    let http = reqwest::Client::new();
+    let creds = serde_json::json!({"username": username, "password": "correct horse battery"});
+    let created = http.post(format!("{issuer}/v1/accounts")).json(&creds).send().await.unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let session: serde_json::Value = http
+        .post(format!("{issuer}/v1/sessions"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    session["session"].as_str().unwrap().to_owned()
+}
+
+/// Bytes that pass as an encrypted media file (16-byte blocks and a 10-byte MAC) and their
+/// content address.
+fn media_blob(seed: u8) -> (Vec<u8>, String) {
+    use sha2::Digest;
+    let blob: Vec<u8> = (0..16 * 4 + 10).map(|i: u8| i.wrapping_mul(31) ^ seed).collect();
+    let address = hex::encode(sha2::Sha256::digest(&blob));
+    (blob, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_token_from_one_node_is_accepted_by_the_others() {
+    let Some(w) = world(None, Timing::handoff_only()).await else { return };
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let (issuer, push_secret) = provider(w.dir.path(), &stop).await;
+    let a = w.node("a").await;
+    let b = w.node("b").await;
+    let http = reqwest::Client::new();
+    // The provider is registered through node B (its media base URL is what B's proxy uses).
+    let put = http
+        .put(format!("http://{}/admin/providers/{INTEGRATOR}", b.http))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({
+            "issuer": issuer,
+            "push_endpoint": format!("{issuer}/v1/push"),
+            "push_secret": push_secret,
+            "media_base_url": format!("{issuer}/media/"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+
+    // Alice, on node A, asks node A for a media token.
+    let mut alice = w.native(&a, "+15550091", 1).await;
+    let (token, base) = alice.c().media_conn().await;
+    assert_eq!(base, format!("http://{}", a.http), "node A names its own HTTP listener");
+
+    // Node B's media host takes an upload with it.
+    let (blob, address) = media_blob(1);
+    let upload = |node: SocketAddr, auth: Option<&str>| {
+        let mut r = http.put(format!("http://{node}/media/{address}")).body(blob.clone());
+        if let Some(t) = auth {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(upload(b.http, Some(&token)).await.unwrap().status(), 201);
+    // The nodes share the media directory here (`media_dir`; by default it is each node's
+    // `<data_dir>/media`), so what went up through node B comes down through node A.
+    let down = http.get(format!("http://{}/media/{address}", a.http)).send().await.unwrap();
+    assert_eq!(down.status(), 200);
+    assert_eq!(down.bytes().await.unwrap().as_ref(), blob.as_slice());
+
+    // Node B's media proxy takes it too: a provider's file, fetched through node B.
+    let session = provider_session(&issuer, "carol").await;
+    let (their_blob, their_address) = media_blob(2);
+    let stored = http
+        .put(format!("{issuer}/media/{their_address}"))
+        .bearer_auth(&session)
+        .body(their_blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.status().is_success(), "{}", stored.status());
+    let proxied = http
+        .get(format!("http://{}/proxy/{INTEGRATOR}/{their_address}", b.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 200);
+    assert_eq!(proxied.bytes().await.unwrap().as_ref(), their_blob.as_slice());
+
+    // Without a token, or with a changed one, neither node takes anything.
+    let (other_blob, other_address) = media_blob(3);
+    let mut forged = token.clone();
+    forged.replace_range(3..4, if &token[3..4] == "9" { "8" } else { "9" });
+    for node in [a.http, b.http] {
+        for auth in [None, Some(forged.as_str()), Some("v1.1.YQ.AA")] {
+            let r =
+                http.put(format!("http://{node}/media/{other_address}")).body(other_blob.clone());
+            let r = match auth {
+                Some(t) => r.bearer_auth(t),
+                None => r,
+            };
+            assert_eq!(r.send().await.unwrap().status(), 401, "{auth:?}");
+            let mut p = http.get(format!("http://{node}/proxy/{INTEGRATOR}/{their_address}"));
+            if let Some(t) = auth {
+                p = p.bearer_auth(t);
+            }
+            assert_eq!(p.send().await.unwrap().status(), 401, "{auth:?}");
+        }
+    }
 }

@@ -19,6 +19,7 @@
 mod conn;
 mod enlist;
 mod http;
+mod media_token;
 mod ws;
 
 use std::collections::HashMap;
@@ -64,6 +65,10 @@ pub struct GatekeeperConfig {
     pub http_listen: Option<SocketAddr>,
     /// Where keys, the database and media live.
     pub data_dir: PathBuf,
+    /// Where the gatekeeper's own media host keeps its blobs (default `<data_dir>/media`). The
+    /// nodes of a cluster point this at one shared directory (a shared filesystem): a blob
+    /// uploaded through one node is then served by all.
+    pub media_dir: Option<PathBuf>,
     /// The gatekeeper's id in tokens' `aud`.
     pub audience: String,
     /// Development mode: providers may use plain http on loopback, verification codes are
@@ -123,6 +128,7 @@ impl GatekeeperConfig {
             listen,
             http_listen: None,
             data_dir,
+            media_dir: None,
             audience: "gatekeeper".to_owned(),
             dev: false,
             admin_token: String::new(),
@@ -180,8 +186,8 @@ pub(crate) struct Shared<S> {
     pub message_limits: Mutex<HashMap<String, Arc<RateLimiter>>>,
     /// Enlistments per provider and hour: issuer -> (hour, count).
     pub enlistments: Mutex<HashMap<String, (i64, u32)>>,
-    /// Media tokens: token -> (account, expiry ms). Bounded by [`MAX_MEDIA_TOKENS`].
-    pub media_tokens: Mutex<HashMap<String, (String, i64)>>,
+    /// Signs and checks media tokens (stateless: any node of a cluster checks any node's).
+    pub media_tokens: media_token::MediaTokenKey,
     /// Unauthenticated connections per IP.
     pub unauthenticated: Mutex<HashMap<IpAddr, u32>>,
     pub shutdown: CancellationToken,
@@ -191,8 +197,6 @@ pub(crate) struct Shared<S> {
     pub http_base: Option<String>,
 }
 
-/// Most media tokens kept at once; expired ones are dropped first.
-pub(crate) const MAX_MEDIA_TOKENS: usize = 100_000;
 /// Most native registrations waiting for a code.
 pub(crate) const MAX_PENDING_CODES: usize = 10_000;
 
@@ -321,33 +325,17 @@ impl<S: GatekeeperStore> Shared<S> {
         self.http_base.clone()
     }
 
-    /// Mints a media token for `account`.
+    /// Mints a media token for `account`: the token and its lifetime in seconds. Every node
+    /// of a cluster accepts it (see [`media_token`]).
     pub(crate) fn media_token(&self, account: &str) -> (String, u32) {
-        let token = hex::encode(rand::random::<[u8; 32]>());
         let ttl = self.config.media_token_ttl.as_secs().min(u64::from(u32::MAX)) as u32;
-        let now = now_ms();
-        let mut tokens = self.media_tokens.lock().expect("media token lock");
-        if tokens.len() >= MAX_MEDIA_TOKENS {
-            tokens.retain(|_, (_, exp)| *exp > now);
-            if tokens.len() >= MAX_MEDIA_TOKENS {
-                // Still full of live tokens: forget an arbitrary one rather than grow.
-                if let Some(k) = tokens.keys().next().cloned() {
-                    tokens.remove(&k);
-                }
-            }
-        }
-        tokens.insert(token.clone(), (account.to_owned(), now + i64::from(ttl) * 1000));
-        (token, ttl)
+        let expiry = unix_now().as_secs().saturating_add(u64::from(ttl));
+        (self.media_tokens.mint(account, expiry), ttl)
     }
 
-    /// Whether `token` is a live media token.
+    /// Whether `token` is a live media token issued by this gatekeeper (any of its nodes).
     pub(crate) fn media_token_valid(&self, token: &str) -> bool {
-        let now = now_ms();
-        self.media_tokens
-            .lock()
-            .expect("media token lock")
-            .get(token)
-            .is_some_and(|(_, exp)| *exp > now)
+        self.media_tokens.verify(token, unix_now().as_secs()).is_some()
     }
 }
 
@@ -421,8 +409,8 @@ impl<S: GatekeeperStore> Gatekeeper<S> {
             (None, Some(l)) if config.dev => Some(format!("http://{}", l.local_addr()?)),
             _ => None,
         };
-        let blobs =
-            Arc::new(BlobStore::open(config.data_dir.join("media"), HostLimits::default())?);
+        let media_dir = config.media_dir.clone().unwrap_or_else(|| config.data_dir.join("media"));
+        let blobs = Arc::new(BlobStore::open(media_dir, HostLimits::default())?);
         let live = Arc::new(LiveSessions::default());
         let cluster = match &config.cluster {
             Some(c) => {
@@ -454,7 +442,7 @@ impl<S: GatekeeperStore> Gatekeeper<S> {
             report_limit: RateLimiter::new(Rate { burst: 10.0, per_minute: 1.0 }, 100_000),
             message_limits: Mutex::default(),
             enlistments: Mutex::default(),
-            media_tokens: Mutex::default(),
+            media_tokens: media_token::MediaTokenKey::derive(&identity.keys.private),
             unauthenticated: Mutex::default(),
             shutdown: CancellationToken::new(),
             reports_lock: tokio::sync::Mutex::new(()),

@@ -535,16 +535,28 @@ impl MessageStore for PgStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Queued>> {
-        let rows = sqlx::query(
-            "SELECT seq, sender_account, sender_device, message_id, stanza, stored_at_ms FROM queue \
-             WHERE recipient_account = $1 AND recipient_device = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-        )
-        .bind(&recipient.account)
-        .bind(i64::from(recipient.device))
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        // The chat core reads the queue inside a `select!` that drops this future when another
+        // event wins (`Chat::next` is cancel-safe); sqlx gives up a connection whose query was
+        // dropped mid-flight (PostgreSQL counts an abandoned session, the pool connects again).
+        // In a task of its own the read always finishes and its connection goes back to the
+        // pool; a dropped caller only discards the rows.
+        let (pool, account) = (self.pool.clone(), recipient.account.clone());
+        let device = i64::from(recipient.device);
+        let rows = tokio::spawn(async move {
+            sqlx::query(
+                "SELECT seq, sender_account, sender_device, message_id, stanza, stored_at_ms \
+                 FROM queue WHERE recipient_account = $1 AND recipient_device = $2 AND seq > $3 \
+                 ORDER BY seq LIMIT $4",
+            )
+            .bind(account)
+            .bind(device)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&pool)
+            .await
+        })
         .await
+        .map_err(|e| Error::Storage(format!("the queue read stopped: {e}")))?
         .map_err(storage)?;
         rows.iter()
             .map(|r| {
