@@ -337,7 +337,10 @@ impl Tools {
         let mut c = if self.callgrind && measured {
             let mut c = self.pinned(0, Path::new("valgrind"));
             c.arg("--tool=callgrind")
-                .arg(format!("--callgrind-out-file={}", log.with_file_name("callgrind.out").display()))
+                .arg(format!(
+                    "--callgrind-out-file={}",
+                    log.with_file_name("callgrind.out").display()
+                ))
                 .arg(&self.server);
             c
         } else {

@@ -301,7 +301,9 @@ impl LiveSessions {
         }
         match l.tx.try_send(item) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) => {
+            Err(
+                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
+            ) => {
                 l.gap = true;
                 l.nudge.notify_one();
                 Err(item)
@@ -819,10 +821,18 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         }
         match node.tag.as_str() {
             "message" => Ok(Handled::Replies(
-                self.message(session, node, now_ms).await?.map(Ack::into_node).into_iter().collect(),
+                self.message(session, node, now_ms)
+                    .await?
+                    .map(Ack::into_node)
+                    .into_iter()
+                    .collect(),
             )),
             "receipt" => Ok(Handled::Replies(
-                self.receipt(session, node, now_ms).await?.map(Ack::into_node).into_iter().collect(),
+                self.receipt(session, node, now_ms)
+                    .await?
+                    .map(Ack::into_node)
+                    .into_iter()
+                    .collect(),
             )),
             "ack" => {
                 self.ack(session, node).await?;
@@ -906,10 +916,8 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             copy.extra_children.clone_from(&msg.extra_children);
             copies.push((dev, binary::encode(&copy.into_node())?));
         }
-        let ack = Ack {
-            kind: Some(msg.kind.as_str().to_owned()),
-            ..ack_to(&msg.id, AckClass::Message)
-        };
+        let ack =
+            Ack { kind: Some(msg.kind.as_str().to_owned()), ..ack_to(&msg.id, AckClass::Message) };
         self.submit(session, msg.id.clone(), copies, now_ms, ack).await
     }
 
@@ -1544,8 +1552,7 @@ mod tests {
         let store = Arc::new(
             SqliteStore::open(&dir.path().join("gk.db"), QueueLimits::default()).await.unwrap(),
         );
-        let config =
-            ChatConfig { live_buffer: 3, direct_delivery: false, ..ChatConfig::default() };
+        let config = ChatConfig { live_buffer: 3, direct_delivery: false, ..ChatConfig::default() };
         let chat = Chat::new(store, config, None);
         assert!(chat.fed, "SQLite feeds commits");
         let alice = chat.store().enlist(&interop("alice"), device(1, 0, 0), 0).await.unwrap();
@@ -1630,7 +1637,8 @@ mod tests {
         let mut jids: Vec<String> = Vec::new();
         for u in &users {
             let i = chat.store().identity_of(&u.account).await.unwrap().unwrap();
-            let jid = Jid { account: u.account.clone(), integrator: Some(i.integrator), device: None };
+            let jid =
+                Jid { account: u.account.clone(), integrator: Some(i.integrator), device: None };
             jids.push(jid.to_string());
         }
         let mut sessions: Vec<Option<Session>> = vec![None, None, None];

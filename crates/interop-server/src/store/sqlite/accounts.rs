@@ -464,16 +464,16 @@ impl SqliteStore {
         .await
         .map_err(storage)?;
         let devices = match &row {
-            Some(_) => sqlx::query(
-                "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id",
-            )
-            .bind(account)
-            .fetch_all(&self.reads)
-            .await
-            .map_err(storage)?
-            .iter()
-            .map(|r| u32_of(r, "device_id"))
-            .collect(),
+            Some(_) => {
+                sqlx::query("SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id")
+                    .bind(account)
+                    .fetch_all(&self.reads)
+                    .await
+                    .map_err(storage)?
+                    .iter()
+                    .map(|r| u32_of(r, "device_id"))
+                    .collect()
+            }
             None => Vec::new(),
         };
         let facts = Arc::new(AccountFacts {

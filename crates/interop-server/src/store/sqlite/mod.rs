@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -527,7 +527,8 @@ async fn decide(
         });
         q.push(")");
         for row in q.build().persistent(false).fetch_all(&mut *tx).await? {
-            let d = DeviceAddress { account: row.get("account"), device: device_of(&row, "device") };
+            let d =
+                DeviceAddress { account: row.get("account"), device: device_of(&row, "device") };
             depth.insert(d, u64::try_from(row.get::<i64, _>("depth")).unwrap_or(0));
         }
     }
@@ -546,9 +547,9 @@ async fn decide(
                 None => wanted.push((dev, 1)),
             }
         }
-        let full = wanted.iter().find(|(dev, n)| {
-            depth.get(*dev).copied().unwrap_or(0) + n > limits.max_per_device
-        });
+        let full = wanted
+            .iter()
+            .find(|(dev, n)| depth.get(*dev).copied().unwrap_or(0) + n > limits.max_per_device);
         if let Some((dev, _)) = full {
             outcomes.push(SubmitOutcome::QueueFull((*dev).clone()));
             continue;
@@ -602,9 +603,10 @@ async fn insert_stored(
     let rows: Vec<(&Submission, i64, i64, &DeviceAddress, &[u8])> = stored
         .iter()
         .flat_map(|(s, now, _, seqs)| {
-            s.copies.iter().zip(seqs.iter()).map(move |((dev, stanza), seq)| {
-                (*s, *now, *seq, dev, stanza.as_slice())
-            })
+            s.copies
+                .iter()
+                .zip(seqs.iter())
+                .map(move |((dev, stanza), seq)| (*s, *now, *seq, dev, stanza.as_slice()))
         })
         .collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
