@@ -304,6 +304,26 @@ mod tests {
         ServerConfig::new(keys, chain)
     }
 
+    type Pipe = NoiseStream<tokio::io::DuplexStream>;
+
+    /// A client and a server stream after an XX handshake over a pipe of `buffer` bytes; keys
+    /// and randomness from `seed`.
+    async fn established(seed: u64, buffer: usize) -> (Pipe, Pipe) {
+        let rng = &mut ChaCha20Rng::seed_from_u64(seed);
+        let root = RootKey::generate(rng);
+        let server_cfg = server(rng, &root);
+        let client = ClientConfig::new(StaticKeypair::generate(rng), root.trust_anchor());
+        let (a, b) = tokio::io::duplex(buffer);
+        let mut crng = ChaCha20Rng::seed_from_u64(seed + 1);
+        let mut srng = ChaCha20Rng::seed_from_u64(seed + 2);
+        let payload = ClientPayload::default();
+        let (client_side, server_side) = tokio::join!(
+            connect(a, &client, &payload, None, NOW, &mut crng),
+            accept(b, &server_cfg, 0, &mut srng)
+        );
+        (client_side.unwrap().0, server_side.unwrap().stream)
+    }
+
     #[tokio::test]
     async fn xx_then_ik_then_stale_ik_over_a_duplex_pipe() {
         let rng = &mut ChaCha20Rng::seed_from_u64(3);
@@ -356,19 +376,7 @@ mod tests {
     /// split anywhere, and the writer waits for the reader.
     #[tokio::test]
     async fn messages_survive_reads_of_a_few_bytes() {
-        let rng = &mut ChaCha20Rng::seed_from_u64(10);
-        let root = RootKey::generate(rng);
-        let server_cfg = server(rng, &root);
-        let client = ClientConfig::new(StaticKeypair::generate(rng), root.trust_anchor());
-        let (a, b) = tokio::io::duplex(7);
-        let (mut crng, mut srng) = (ChaCha20Rng::seed_from_u64(11), ChaCha20Rng::seed_from_u64(12));
-        let payload = ClientPayload::default();
-        let (client_side, server_side) = tokio::join!(
-            connect(a, &client, &payload, None, NOW, &mut crng),
-            accept(b, &server_cfg, 0, &mut srng)
-        );
-        let (mut c, _) = client_side.unwrap();
-        let mut s = server_side.unwrap().stream;
+        let (mut c, mut s) = established(10, 7).await;
         let message = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 241) as u8).collect() };
         let sizes = [0, 1, 3, 2_000, 5_000, crate::MAX_WHOLE, crate::MAX_WHOLE + 1, 200_000, 10];
         let sender = async {
@@ -388,19 +396,7 @@ mod tests {
     /// burst grew is released afterwards.
     #[tokio::test]
     async fn queued_messages_arrive_in_order_with_sends() {
-        let rng = &mut ChaCha20Rng::seed_from_u64(20);
-        let root = RootKey::generate(rng);
-        let server_cfg = server(rng, &root);
-        let client = ClientConfig::new(StaticKeypair::generate(rng), root.trust_anchor());
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let (mut crng, mut srng) = (ChaCha20Rng::seed_from_u64(21), ChaCha20Rng::seed_from_u64(22));
-        let payload = ClientPayload::default();
-        let (client_side, server_side) = tokio::join!(
-            connect(a, &client, &payload, None, NOW, &mut crng),
-            accept(b, &server_cfg, 0, &mut srng)
-        );
-        let (mut c, _) = client_side.unwrap();
-        let mut s = server_side.unwrap().stream;
+        let (mut c, mut s) = established(20, 1 << 20).await;
         s.queue(b"one").unwrap();
         s.queue(&[7u8; 100_000]).unwrap();
         s.send(b"three").await.unwrap(); // flushes what was queued first

@@ -1016,7 +1016,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         let Some((generation, done, previous)) = job else {
             // Stored now (nothing of this device's is still on its way: order is kept).
             let submission = Submission { sender, message_id: key, copies, expires_at_ms };
-            return self.store_copies(submission, now_ms, ack, true).await.map(Some);
+            return self.store_copies(submission, now_ms, ack).await.map(Some);
         };
         let job = DirectJob {
             store: Arc::clone(&self.store),
@@ -1059,23 +1059,11 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         Ok(None)
     }
 
-    /// Stores `submission` and answers with `ack` (or its refusal). `dedupe`: false for copies
-    /// of a message already accepted (its id is known).
-    async fn store_copies(
-        &self,
-        submission: Submission,
-        now_ms: i64,
-        ack: Ack,
-        dedupe: bool,
-    ) -> Result<Ack> {
+    /// Stores `submission` (de-duplicated) and answers with `ack` or its refusal.
+    async fn store_copies(&self, submission: Submission, now_ms: i64, ack: Ack) -> Result<Ack> {
         let recipients: Vec<DeviceAddress> =
             submission.copies.iter().map(|(d, _)| d.clone()).collect();
-        let outcome = if dedupe {
-            self.store.submit(submission, now_ms).await?
-        } else {
-            self.store.store_copies(submission, now_ms).await?
-        };
-        match outcome {
+        match self.store.submit(submission, now_ms).await? {
             SubmitOutcome::Stored(_) => {
                 // Queue depth = stored - acked - expired (the three counters).
                 metrics::counter!("interop_copies_stored_total").increment(recipients.len() as u64);

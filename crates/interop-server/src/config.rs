@@ -173,6 +173,16 @@ impl FileConfig {
     }
 }
 
+/// A service URL (database, Redis) without its password or query, which may carry one: for
+/// error texts and logs. `None` when it does not parse.
+pub(crate) fn url_without_secrets(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    let user = if u.username().is_empty() { String::new() } else { format!("{}@", u.username()) };
+    let host = u.host_str().unwrap_or("localhost");
+    let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Some(format!("{}://{user}{host}{port}{}", u.scheme(), u.path()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

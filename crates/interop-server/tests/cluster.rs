@@ -1497,19 +1497,7 @@ async fn provider_changes_and_opt_outs_reach_every_node() {
     let b = w.node("b").await;
     // The provider is registered through node A's admin API only.
     let http = reqwest::Client::new();
-    let put = http
-        .put(format!("http://{}/admin/providers/{INTEGRATOR}", a.http))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({
-            "issuer": issuer,
-            "push_endpoint": format!("{issuer}/v1/push"),
-            "push_secret": push_secret,
-            "media_base_url": format!("{issuer}/media/"),
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success(), "{}", put.status());
+    register_provider(&http, a.http, &issuer, &push_secret).await;
 
     // Node B learns it: Alice enlists there; her second device enlists on node A.
     let (mut alice_b, created) = interop_device(&w, &b, &issuer, "alice").await;
@@ -1536,6 +1524,23 @@ async fn provider_changes_and_opt_outs_reach_every_node() {
         (error.condition, error.text.as_deref()),
         (StreamCondition::NotAuthorized, Some("provider_disabled"))
     );
+}
+
+/// Registers the test provider through `node`'s admin API.
+async fn register_provider(http: &reqwest::Client, node: SocketAddr, issuer: &str, secret: &str) {
+    let put = http
+        .put(format!("http://{node}/admin/providers/{INTEGRATOR}"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({
+            "issuer": issuer,
+            "push_endpoint": format!("{issuer}/v1/push"),
+            "push_secret": secret,
+            "media_base_url": format!("{issuer}/media/"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
 }
 
 /// A provider session of a new provider account `username` (for its media host).
@@ -1575,19 +1580,7 @@ async fn a_media_token_from_one_node_is_accepted_by_the_others() {
     let b = w.node("b").await;
     let http = reqwest::Client::new();
     // The provider is registered through node B (its media base URL is what B's proxy uses).
-    let put = http
-        .put(format!("http://{}/admin/providers/{INTEGRATOR}", b.http))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({
-            "issuer": issuer,
-            "push_endpoint": format!("{issuer}/v1/push"),
-            "push_secret": push_secret,
-            "media_base_url": format!("{issuer}/media/"),
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success(), "{}", put.status());
+    register_provider(&http, b.http, &issuer, &push_secret).await;
 
     // Alice, on node A, asks node A for a media token.
     let mut alice = w.native(&a, "+15550091", 1).await;

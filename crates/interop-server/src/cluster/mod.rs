@@ -106,16 +106,8 @@ pub fn random_node_id() -> String {
 
 /// `url` without its password, for error texts and logs.
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => {
-            let user =
-                if u.username().is_empty() { String::new() } else { format!("{}@", u.username()) };
-            let host = u.host_str().unwrap_or("localhost");
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{user}{host}{port}{}", u.scheme(), u.path())
-        }
-        Err(_) => "(a Redis URL that does not parse)".to_owned(),
-    }
+    crate::config::url_without_secrets(url)
+        .unwrap_or_else(|| "(a Redis URL that does not parse)".to_owned())
 }
 
 /// Takes a device's lease. KEYS: lease, fence. ARGV: node, ttl ms, mode (`force`: a login,

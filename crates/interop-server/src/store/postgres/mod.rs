@@ -225,16 +225,8 @@ where
 
 /// `url` without its password or query (which may carry one), for error texts and logs.
 fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => {
-            let user =
-                if u.username().is_empty() { String::new() } else { format!("{}@", u.username()) };
-            let host = u.host_str().unwrap_or("localhost");
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{user}{host}{port}{}", u.scheme(), u.path())
-        }
-        Err(_) => "(a database URL that does not parse)".to_owned(),
-    }
+    crate::config::url_without_secrets(url)
+        .unwrap_or_else(|| "(a database URL that does not parse)".to_owned())
 }
 
 /// The PostgreSQL store. Cheap to clone (a connection pool).
