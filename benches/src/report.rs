@@ -48,6 +48,36 @@ impl Latency {
     }
 }
 
+/// Seconds from a pair's start to its first message received, over the pairs that ran.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FirstDelivery {
+    /// Pairs that ran.
+    pub pairs: usize,
+    /// Pairs that received nothing before the end.
+    pub none: usize,
+    /// Median over the pairs that received something.
+    pub p50_s: f64,
+    /// Slowest of them.
+    pub max_s: f64,
+}
+
+impl FirstDelivery {
+    /// From each pair's time to its first message (`None`: it received nothing).
+    pub fn of(firsts: &[Option<f64>]) -> Option<Self> {
+        if firsts.is_empty() {
+            return None;
+        }
+        let mut got: Vec<f64> = firsts.iter().flatten().copied().collect();
+        got.sort_by(f64::total_cmp);
+        Some(Self {
+            pairs: firsts.len(),
+            none: firsts.len() - got.len(),
+            p50_s: got.get(got.len() / 2).copied().unwrap_or(0.0),
+            max_s: got.last().copied().unwrap_or(0.0),
+        })
+    }
+}
+
 /// Latency percentiles, milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LatencySummary {
@@ -143,6 +173,13 @@ pub struct Report {
     pub delivered_per_s: f64,
     /// Messages received over the whole run, warm-up and wind-down included (mode pairs).
     pub delivered_total: u64,
+    /// Messages sent and not yet received (nor refused) when the measured interval started and
+    /// when it ended (mode pairs). At most pairs × 2 × window; by Little's law, delivered/s ×
+    /// mean latency should match them: messages that never arrive hold window slots.
+    pub in_flight: Option<[u64; 2]>,
+    /// When each pair first received a message, from its start (mode pairs): a server that
+    /// serves some connections and starves others shows here.
+    pub first_delivery: Option<FirstDelivery>,
     /// Send to receipt by the recipient.
     pub latency: Option<LatencySummary>,
     /// Handshake / login phases.
@@ -202,6 +239,18 @@ impl Report {
             row("measured", format!("{:.1} s", self.measured_s));
             row("sent / delivered", format!("{} / {}", self.sent, self.delivered));
             row("delivered messages/s", format!("{:.0}", self.delivered_per_s));
+            if let Some([from, to]) = self.in_flight {
+                row("in flight at start / end", format!("{from} / {to}"));
+            }
+            if let Some(f) = &self.first_delivery {
+                row(
+                    "first message per pair",
+                    format!(
+                        "p50 {:.2} s, max {:.2} s, none {} of {}",
+                        f.p50_s, f.max_s, f.none, f.pairs
+                    ),
+                );
+            }
         }
         if let Some(l) = &self.latency {
             row("latency p50 / p90 / p99", format!("{}", Ms3(l.p50_ms, l.p90_ms, l.p99_ms)));
@@ -330,6 +379,8 @@ mod tests {
             sent: 1000,
             delivered: 990,
             delivered_per_s: 99.0,
+            in_flight: Some([400, 398]),
+            first_delivery: FirstDelivery::of(&[Some(0.5), None, Some(0.25), Some(2.0)]),
             ..Report::default()
         };
         let mut l = Latency::new();
@@ -338,7 +389,15 @@ mod tests {
         r.error("closed", "stream:error policy-violation");
         r.notes.push("a note".into());
         let table = r.table();
-        for want in ["delivered messages/s", "99", "1.50", "closed=1", "note: a note", "! closed"] {
+        for want in [
+            "delivered messages/s",
+            "99",
+            "400 / 398",
+            "1.50",
+            "closed=1",
+            "note: a note",
+            "! closed",
+        ] {
             assert!(table.contains(want), "{want:?} missing from\n{table}");
         }
         let json = serde_json::to_value(&r).unwrap();

@@ -14,7 +14,7 @@ use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::time::Instant;
 
-use crate::report::{Handshakes, IdleMemory, Latency, Offline, ProcUsage, Report};
+use crate::report::{FirstDelivery, Handshakes, IdleMemory, Latency, Offline, ProcUsage, Report};
 use crate::sys::{self, ProcSample};
 use crate::{gk, xmpp};
 
@@ -378,6 +378,8 @@ struct Shared {
     sent: Cell<u64>,
     delivered: Cell<u64>,
     delivered_total: Cell<u64>,
+    /// Sent and not yet received or refused, over all pairs.
+    in_flight: Cell<u64>,
 }
 
 impl Shared {
@@ -498,6 +500,7 @@ pub async fn run(
         sent: Cell::new(0),
         delivered: Cell::new(0),
         delivered_total: Cell::new(0),
+        in_flight: Cell::new(0),
     });
     let overflows_before = sys::listen_overflows();
     let local = tokio::task::LocalSet::new();
@@ -625,6 +628,7 @@ async fn pairs(target: &Target, p: &Params, shared: &Rc<Shared>, watched: &Watch
     let mut before = None;
     let mut gen_before = None;
     let mut components_before = Vec::new();
+    let mut in_flight_from = 0;
     while Instant::now() < to {
         tick.tick().await;
         let now = Instant::now();
@@ -633,6 +637,7 @@ async fn pairs(target: &Target, p: &Params, shared: &Rc<Shared>, watched: &Watch
             components_before = watched.sample_components();
             gen_before = sys::sample(None).ok();
             shared.delivered.set(0);
+            in_flight_from = shared.in_flight.get();
             watched.mark("start")?;
         }
         let done = now.saturating_duration_since(from).as_secs_f64();
@@ -648,12 +653,15 @@ async fn pairs(target: &Target, p: &Params, shared: &Rc<Shared>, watched: &Watch
     let after = watched.sample_servers();
     let components_after = watched.sample_components();
     let gen_after = sys::sample(None).ok();
+    let in_flight_to = shared.in_flight.get();
     watched.mark("end")?;
     spin.finish_and_clear();
+    let mut firsts = Vec::new();
     for t in tasks {
-        let _ = t.await;
+        firsts.push(t.await.ok().flatten());
     }
     let mut r = shared.report.borrow_mut();
+    r.first_delivery = FirstDelivery::of(&firsts);
     r.server_processes = watched.servers.len();
     for (((name, _), b), a) in
         watched.components.iter().zip(components_before).zip(components_after)
@@ -669,6 +677,7 @@ async fn pairs(target: &Target, p: &Params, shared: &Rc<Shared>, watched: &Watch
     r.delivered = shared.delivered.get();
     r.delivered_per_s = r.delivered as f64 / p.duration;
     r.delivered_total = shared.delivered_total.get();
+    r.in_flight = Some([in_flight_from, in_flight_to]);
     r.latency = shared.latency.borrow().summary();
     r.server = usage(before, after, p.duration);
     r.generator = usage(gen_before, gen_after, p.duration);
@@ -686,8 +695,9 @@ async fn pair_task(
     shared: Rc<Shared>,
     nonce: u32,
     to: Instant,
-) {
+) -> Option<f64> {
     let now = Instant::now();
+    let mut first: Option<f64> = None;
     let mut in_flight = [0usize; 2];
     let mut seq = [0u64; 2];
     let mut pace = [Pace::new(p.conn_rate, now), Pace::new(p.conn_rate, now)];
@@ -723,6 +733,7 @@ async fn pair_task(
                 }
                 seq[k] += 1;
                 in_flight[k] += 1;
+                shared.in_flight.set(shared.in_flight.get() + 1);
                 if shared.measuring(sent_at) {
                     shared.sent.set(shared.sent.get() + 1);
                 }
@@ -746,9 +757,15 @@ async fn pair_task(
         match event {
             Ok(Event::Delivered { sent_ns }) => {
                 // Side k received what side 1-k sent.
-                in_flight[1 - k] = in_flight[1 - k].saturating_sub(1);
+                if in_flight[1 - k] > 0 {
+                    in_flight[1 - k] -= 1;
+                    shared.in_flight.set(shared.in_flight.get() - 1);
+                }
                 let at = Instant::now();
                 shared.delivered_total.set(shared.delivered_total.get() + 1);
+                if first.is_none() {
+                    first = Some(now.elapsed().as_secs_f64());
+                }
                 if shared.measuring(at) {
                     shared.delivered.set(shared.delivered.get() + 1);
                     let us = shared.clock.ns(at).saturating_sub(sent_ns) / 1000;
@@ -756,7 +773,10 @@ async fn pair_task(
                 }
             }
             Ok(Event::Refused(e)) => {
-                in_flight[k] = in_flight[k].saturating_sub(1);
+                if in_flight[k] > 0 {
+                    in_flight[k] -= 1;
+                    shared.in_flight.set(shared.in_flight.get() - 1);
+                }
                 shared.error("refused", e);
             }
             Ok(Event::Closed(e)) => {
@@ -773,6 +793,7 @@ async fn pair_task(
     let [a, b] = conns;
     a.close().await;
     b.close().await;
+    first
 }
 
 /// Mode idle: server RSS before and after `connections` authenticated idle connections.

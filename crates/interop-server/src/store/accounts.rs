@@ -420,6 +420,7 @@ pub(crate) mod suite {
         assert!(back.new_account);
         assert_ne!(back.address.account, alice.account);
         store.set_blocked(&bob.account, &back.address.account, true).await.unwrap();
+        assert!(store.is_blocked(&bob.account, &back.address.account).await.unwrap());
         store.set_blocked(&bob.account, &back.address.account, false).await.unwrap();
         assert!(!store.is_blocked(&bob.account, &back.address.account).await.unwrap());
     }

@@ -6,7 +6,7 @@ use sqlx::{Acquire, Row};
 
 use std::sync::Arc;
 
-use super::directory::AccountFacts;
+use super::directory::{AccountFacts, Blocks, MAX_CACHED_BLOCKS};
 use super::{SqliteStore, storage};
 use crate::Result;
 use crate::store::{
@@ -428,29 +428,28 @@ impl AccountStore for SqliteStore {
             .execute(&self.writes)
             .await
             .map_err(storage)?;
-        self.directory.forget_block(blocker, blocked);
+        self.directory.forget_account(blocker);
         Ok(())
     }
 
     async fn is_blocked(&self, blocker: &str, blocked: &str) -> Result<bool> {
-        let ticket = match self.directory.blocked(blocker, blocked) {
-            Ok(on) => return Ok(on),
-            Err(ticket) => ticket,
-        };
-        let on = sqlx::query("SELECT 1 FROM blocks WHERE blocker = ? AND blocked = ?")
+        if let Some(on) = self.facts(blocker).await?.blocks.contains(blocked) {
+            return Ok(on);
+        }
+        // A block list too long to cache.
+        Ok(sqlx::query("SELECT 1 FROM blocks WHERE blocker = ? AND blocked = ?")
             .bind(blocker)
             .bind(blocked)
             .fetch_optional(&self.reads)
             .await
             .map_err(storage)?
-            .is_some();
-        self.directory.put_blocked(ticket, blocker, blocked, on);
-        Ok(on)
+            .is_some())
     }
 }
 
 impl SqliteStore {
-    /// An account's identity, opt-in and devices: from the directory cache, or read and cached.
+    /// An account's identity, opt-in, devices and block list: from the directory cache, or read
+    /// and cached.
     async fn facts(&self, account: &str) -> Result<Arc<AccountFacts>> {
         let ticket = match self.directory.account(account) {
             Ok(facts) => return Ok(facts),
@@ -463,18 +462,32 @@ impl SqliteStore {
         .fetch_optional(&self.reads)
         .await
         .map_err(storage)?;
-        let devices = match &row {
+        let (devices, blocks) = match &row {
             Some(_) => {
-                sqlx::query("SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id")
-                    .bind(account)
-                    .fetch_all(&self.reads)
-                    .await
-                    .map_err(storage)?
-                    .iter()
-                    .map(|r| u32_of(r, "device_id"))
-                    .collect()
+                let devices = sqlx::query(
+                    "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id",
+                )
+                .bind(account)
+                .fetch_all(&self.reads)
+                .await
+                .map_err(storage)?
+                .iter()
+                .map(|r| u32_of(r, "device_id"))
+                .collect();
+                let blocks = sqlx::query(
+                    "SELECT blocked FROM blocks WHERE blocker = ? ORDER BY blocked LIMIT ?",
+                )
+                .bind(account)
+                .bind((MAX_CACHED_BLOCKS + 1) as i64)
+                .fetch_all(&self.reads)
+                .await
+                .map_err(storage)?
+                .iter()
+                .map(|r| r.get("blocked"))
+                .collect();
+                (devices, Blocks::from_sorted(blocks))
             }
-            None => Vec::new(),
+            None => (Vec::new(), Blocks::Sorted(Vec::new())),
         };
         let facts = Arc::new(AccountFacts {
             opted_in: row.as_ref().is_some_and(|r| r.get::<bool, _>("opted_in")),
@@ -487,6 +500,7 @@ impl SqliteStore {
                 })
             }),
             devices,
+            blocks,
         });
         self.directory.put_account(ticket, account, Arc::clone(&facts));
         Ok(facts)
@@ -530,6 +544,30 @@ mod tests {
     async fn suite_deleting_an_account_removes_everything() {
         let (_d, s) = open().await;
         suite::deleting_an_account_removes_everything(&s).await;
+    }
+
+    #[tokio::test]
+    async fn a_block_list_too_long_to_cache_is_asked_per_pair() {
+        let (_d, s) = open().await;
+        let bob = s.enlist(&suite::interop("bob"), suite::device(2, 0, 0), 0).await.unwrap();
+        let bob = bob.address.account;
+        let mut tx = s.writes.begin().await.unwrap();
+        for i in 0..=MAX_CACHED_BLOCKS {
+            sqlx::query("INSERT INTO blocks (blocker, blocked) VALUES (?, ?)")
+                .bind(&bob)
+                .bind(format!("acct-{i:05}"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        s.directory.forget_account(&bob);
+        assert!(s.is_blocked(&bob, "acct-00000").await.unwrap());
+        assert!(s.is_blocked(&bob, &format!("acct-{MAX_CACHED_BLOCKS:05}")).await.unwrap());
+        assert!(!s.is_blocked(&bob, "acct-x").await.unwrap());
+        assert_eq!(s.facts(&bob).await.unwrap().blocks, Blocks::TooMany);
+        s.set_blocked(&bob, "acct-x", true).await.unwrap();
+        assert!(s.is_blocked(&bob, "acct-x").await.unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,5 +1,10 @@
 //! An in-memory cache of the directory facts every routed stanza consults: an account's
-//! identity, opt-in and devices, and whether one account blocks another.
+//! identity, opt-in, devices and the accounts it blocks.
+//!
+//! The block list comes with the account's other facts (it is nearly always empty), so that the
+//! first message between two accounts whose facts are cached (both logged in) needs no read: a
+//! per-pair "does a block b" entry made every new pair of correspondents a database read on the
+//! routing path, and under load those reads queued behind the busy runtime for seconds.
 //!
 //! Sound only because SQLite is a single-node store: every write to these facts goes through
 //! this process's [`SqliteStore`](super::SqliteStore), which invalidates the cache after the write
@@ -15,19 +20,46 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 /// Entries per map before it is emptied.
 const MAX_ENTRIES: usize = 100_000;
 
+/// Block lists longer than this are not cached: such an account's blocks are read per pair.
+pub(super) const MAX_CACHED_BLOCKS: usize = 1024;
+
 /// What the router needs to know about one account (`identity: None`: no such account).
 #[derive(Debug, Clone)]
 pub(super) struct AccountFacts {
     pub identity: Option<Identity>,
     pub opted_in: bool,
     pub devices: Vec<u32>,
+    pub blocks: Blocks,
+}
+
+/// The accounts an account blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Blocks {
+    /// All of them, sorted.
+    Sorted(Vec<String>),
+    /// More than [`MAX_CACHED_BLOCKS`]: ask the database.
+    TooMany,
+}
+
+impl Blocks {
+    /// From the first `MAX_CACHED_BLOCKS + 1` blocked accounts, sorted.
+    pub fn from_sorted(list: Vec<String>) -> Self {
+        if list.len() > MAX_CACHED_BLOCKS { Self::TooMany } else { Self::Sorted(list) }
+    }
+
+    /// Whether `account` is blocked; `None`: not known here.
+    pub fn contains(&self, account: &str) -> Option<bool> {
+        match self {
+            Self::Sorted(list) => Some(list.binary_search_by(|b| b.as_str().cmp(account)).is_ok()),
+            Self::TooMany => None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     generation: u64,
     accounts: HashMap<String, Arc<AccountFacts>>,
-    blocks: HashMap<(String, String), bool>,
 }
 
 #[derive(Debug, Default)]
@@ -62,50 +94,20 @@ impl Directory {
         inner.accounts.insert(account.to_owned(), facts);
     }
 
-    /// Whether `blocker` blocks `blocked`, if cached, or a ticket to read it with.
-    pub fn blocked(&self, blocker: &str, blocked: &str) -> Result<bool, Ticket> {
-        let inner = self.lock();
-        // A lookup without building an owned key would need a borrowed pair type; the two small
-        // allocations are far cheaper than the query they replace.
-        inner
-            .blocks
-            .get(&(blocker.to_owned(), blocked.to_owned()))
-            .copied()
-            .ok_or(Ticket(inner.generation))
-    }
-
-    /// Caches a block fact read since `ticket`, unless a write came in between.
-    pub fn put_blocked(&self, ticket: Ticket, blocker: &str, blocked: &str, on: bool) {
-        let mut inner = self.lock();
-        if inner.generation != ticket.0 {
-            return;
-        }
-        if inner.blocks.len() >= MAX_ENTRIES {
-            inner.blocks.clear();
-        }
-        inner.blocks.insert((blocker.to_owned(), blocked.to_owned()), on);
-    }
-
-    /// After a write to `account`'s identity, opt-in or devices.
+    /// After a write to `account`'s identity, opt-in, devices or block list.
     pub fn forget_account(&self, account: &str) {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.accounts.remove(account);
     }
 
-    /// After a write to a block.
-    pub fn forget_block(&self, blocker: &str, blocked: &str) {
-        let mut inner = self.lock();
-        inner.generation += 1;
-        inner.blocks.remove(&(blocker.to_owned(), blocked.to_owned()));
-    }
-
-    /// After deleting an account: its facts and every block naming it.
+    /// After deleting an account: its facts, and those of every account whose block list names
+    /// it (the blocks went with it).
     pub fn forget_everything_about(&self, account: &str) {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.accounts.remove(account);
-        inner.blocks.retain(|(a, b), _| a != account && b != account);
+        inner.accounts.retain(|_, f| f.blocks.contains(account) == Some(false));
     }
 }
 
@@ -114,7 +116,17 @@ mod tests {
     use super::*;
 
     fn facts(devices: &[u32]) -> Arc<AccountFacts> {
-        Arc::new(AccountFacts { identity: None, opted_in: true, devices: devices.to_vec() })
+        blocking(devices, &[])
+    }
+
+    fn blocking(devices: &[u32], blocks: &[&str]) -> Arc<AccountFacts> {
+        let list = blocks.iter().map(|b| (*b).to_owned()).collect();
+        Arc::new(AccountFacts {
+            identity: None,
+            opted_in: true,
+            devices: devices.to_vec(),
+            blocks: Blocks::from_sorted(list),
+        })
     }
 
     #[test]
@@ -133,19 +145,35 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_per_pair_and_deleting_an_account_forgets_its_blocks() {
+    fn block_lists_answer_per_pair_and_deleting_an_account_forgets_who_blocked_it() {
         let d = Directory::default();
-        let t = d.blocked("a", "b").unwrap_err();
-        d.put_blocked(t, "a", "b", true);
-        let t = d.blocked("c", "d").unwrap_err();
-        d.put_blocked(t, "c", "d", false);
-        assert_eq!(d.blocked("a", "b"), Ok(true));
-        assert!(d.blocked("b", "a").is_err());
+        for (account, blocks) in [("a", &["b", "d"][..]), ("c", &[][..]), ("e", &["x"][..])] {
+            let t = d.account(account).unwrap_err();
+            d.put_account(t, account, blocking(&[1], blocks));
+        }
+        let a = d.account("a").unwrap();
+        assert_eq!(
+            ["b", "c", "d"].map(|x| a.blocks.contains(x)),
+            [Some(true), Some(false), Some(true)]
+        );
+        assert_eq!(d.account("c").unwrap().blocks.contains("a"), Some(false));
+        // Deleting b drops b and the facts that name it (a's), nothing else.
         d.forget_everything_about("b");
-        assert!(d.blocked("a", "b").is_err());
-        assert_eq!(d.blocked("c", "d"), Ok(false));
-        d.forget_block("c", "d");
-        assert!(d.blocked("c", "d").is_err());
+        assert!(d.account("a").is_err());
+        assert!(d.account("b").is_err());
+        assert!(d.account("c").is_ok());
+        assert!(d.account("e").is_ok());
+    }
+
+    #[test]
+    fn long_block_lists_are_not_cached() {
+        let list: Vec<String> = (0..=MAX_CACHED_BLOCKS).map(|i| format!("{i:05}")).collect();
+        let blocks = Blocks::from_sorted(list.clone());
+        assert_eq!(blocks, Blocks::TooMany);
+        assert_eq!(blocks.contains("00001"), None);
+        let fits = Blocks::from_sorted(list[..MAX_CACHED_BLOCKS].to_vec());
+        assert_eq!(fits.contains("00001"), Some(true));
+        assert_eq!(fits.contains("zzz"), Some(false));
     }
 
     #[test]
