@@ -320,9 +320,8 @@ impl Tools {
 
     /// Starts the gatekeeper on `data`, its output to `log`: the process, chat address and
     /// root key.
-    fn start_gatekeeper(&self, data: &Path, log: &Path) -> Result<(Server, String, String)> {
-        let node = self.start_node(data, log, GATEKEEPER_CONFIG)?;
-        Ok((node.server, node.addr, node.root))
+    fn start_gatekeeper(&self, data: &Path, log: &Path) -> Result<Node> {
+        self.start_node(data, log, GATEKEEPER_CONFIG)
     }
 
     /// Starts `interop-server gatekeeper` on `data` with the configuration file `config`, its
@@ -380,7 +379,8 @@ impl Tools {
         let state = dir.join("state.json");
         let users = self.users_needed(mode, args)?;
         {
-            let (server, addr, root) = self.start_gatekeeper(&data, &dir.join("prepare.log"))?;
+            let Node { server, addr, root, .. } =
+                self.start_gatekeeper(&data, &dir.join("prepare.log"))?;
             let mut c = self.loadgen();
             c.args(["prepare", "--server", &addr, "--root-key", &root, "--users"])
                 .arg(users.to_string())
@@ -394,7 +394,7 @@ impl Tools {
                 bail!("loadgen prepare failed ({status})");
             }
         }
-        let (server, addr, _) = self.start_gatekeeper(&data, &dir.join("run.log"))?;
+        let Node { server, addr, http, .. } = self.start_gatekeeper(&data, &dir.join("run.log"))?;
         let report = dir.join("report.json");
         let mut c = self.loadgen();
         c.args(["run", "--system", "gatekeeper", "--server", &addr, "--mode", mode])
@@ -407,6 +407,11 @@ impl Tools {
             .arg(&report)
             .args(args);
         let status = c.status().context("running loadgen run")?;
+        // The server's own counters after the run (direct copies, fallbacks, commits), for
+        // diagnosis: kept with --keep.
+        if let Ok(metrics) = cluster::scrape(&http) {
+            std::fs::write(dir.join("metrics.txt"), metrics)?;
+        }
         server.stop()?;
         if !status.success() {
             bail!("loadgen run failed ({status})");

@@ -34,14 +34,14 @@ use std::collections::VecDeque;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use interop_stanza::stanza::{
     Ack, AckClass, ChatState, Message, Presence, Receipt, ReceiptType, StreamCondition,
 };
 use interop_stanza::{Node, binary};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 use crate::address::Jid;
 use crate::cluster::Cluster;
@@ -63,6 +63,9 @@ pub struct ChatConfig {
     /// are not acked in time (single node with a store that feeds its commits; see
     /// [`Chat::handle`]). False: every copy is stored before the sender is acked.
     pub direct_delivery: bool,
+    /// How long a copy handed straight to a live device waits for the device's ack before it is
+    /// stored instead (the sender is acked once every copy is acked or stored).
+    pub direct_ack_wait: std::time::Duration,
 }
 
 impl Default for ChatConfig {
@@ -72,6 +75,7 @@ impl Default for ChatConfig {
             fetch_batch: 64,
             live_buffer: 64,
             direct_delivery: true,
+            direct_ack_wait: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -108,38 +112,124 @@ enum Item {
     /// A copy the store just committed for this device (the commit feed).
     Copy(Box<Queued>),
     /// A copy handed over without being stored.
-    Direct(Box<Direct>),
+    Direct(Arc<DirectCopy>),
 }
 
 // Boxed variants keep `Item` small: every session's channel allocates its first block of 32
 // slots up front, and that is memory an idle connection holds.
 const _: () = assert!(std::mem::size_of::<Item>() <= 32);
 
-/// A copy handed over without being stored: `done` fires when the device acks it.
+/// A copy handed to a live session without being stored. Shared by the session (channel, then
+/// `inflight`), its device's [`Lane`] and the message's waiter; whichever of "the device acked
+/// it" and "it must be stored" comes first decides its fate ([`DirectCopy::state`]).
 #[derive(Debug)]
-struct Direct {
+struct DirectCopy {
+    recipient: DeviceAddress,
     sender: DeviceAddress,
     key: String,
     stanza: Vec<u8>,
-    done: oneshot::Sender<()>,
+    now_ms: i64,
+    expires_at_ms: i64,
+    /// [`PENDING`], [`ACKED`] or [`STORING`].
+    state: std::sync::atomic::AtomicU8,
+    /// In a session's channel already; false while its lane holds it back (see [`Lane`]).
+    handed: std::sync::atomic::AtomicBool,
+    message: Arc<Waiting>,
 }
 
-/// A sending device's last message on the direct path: its generation, and a receiver that
-/// completes when it is done.
-type ChainTail = (u64, oneshot::Receiver<()>);
+const PENDING: u8 = 0;
+const ACKED: u8 = 1;
+const STORING: u8 = 2;
+
+impl DirectCopy {
+    /// The device acked it: done, unless it is being stored already (then the store's commit
+    /// completes it).
+    fn acked(&self) {
+        if self.state.compare_exchange(PENDING, ACKED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            self.message.resolve();
+        }
+    }
+
+    /// Claims it for storing; false when it was acked or claimed already.
+    fn claim(&self) -> bool {
+        self.state.compare_exchange(PENDING, STORING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    fn pending(&self) -> bool {
+        self.state.load(Ordering::Acquire) == PENDING
+    }
+}
+
+/// One message on the direct path: how many of its copies are not yet acked or stored, and
+/// whether storing one failed.
+#[derive(Debug, Default)]
+struct Waiting {
+    left: AtomicUsize,
+    /// [`STORED_OK`], [`STORE_FULL`] or [`STORE_FAILED`]: the worst outcome of its stores.
+    outcome: std::sync::atomic::AtomicU8,
+    notify: Notify,
+}
+
+const STORED_OK: u8 = 0;
+const STORE_FULL: u8 = 1;
+const STORE_FAILED: u8 = 2;
+
+impl Waiting {
+    fn resolve(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.notify.notify_one();
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.left.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One device's direct copies, in the order they were handed to its sessions, until each is
+/// acked or stored, and how many stores for the device are still on their way to disk.
+///
+/// Order: a device must get each sender's messages in send order, and the queue it reads after
+/// a reconnect must hold them in that order too. Copies handed over sit in the session's
+/// channel in hand-off order; a copy that has to be stored (not acked in time, session gone,
+/// channel full) is stored together with every still-pending copy handed before it, in lane
+/// order, through the store's commit order ([`MessageStore::store_copies_queued`]); while any
+/// store for the device is on its way, later copies are held back in the lane and handed over
+/// once those stores are durable (and fed to the session), so a copy handed over never
+/// overtakes a stored one, and a device that needed one store is not kept on the stored path.
+#[derive(Debug, Default)]
+struct Lane {
+    log: VecDeque<Arc<DirectCopy>>,
+    /// Stores for the device queued and not yet durable.
+    storing: usize,
+    /// Copies of `log` held back (pending, not handed over).
+    held: usize,
+}
+
+impl Lane {
+    fn prune(&mut self) {
+        while self.log.front().is_some_and(|c| !c.pending()) {
+            self.log.pop_front();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.log.is_empty() && self.storing == 0
+    }
+}
+
+/// Direct copies a lane holds before further copies for its device are stored instead.
+const MAX_LANE: usize = 1024;
 
 /// What a session sent and its device has not acked yet.
 #[derive(Debug)]
 enum Unacked {
     /// A stored copy: its seq.
     Stored(i64),
-    /// A copy handed over directly: whom to tell when it is acked.
-    Direct(oneshot::Sender<()>),
+    /// A copy handed over directly.
+    Direct(Arc<DirectCopy>),
 }
-
-/// How long a message handed straight to live devices waits for their acks before its
-/// unacked copies are stored instead (after which the sender is acked).
-const DIRECT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Messages of one session on the direct path at once, and their bytes: beyond either, a
 /// message is refused with `rate-limited` (bounds what a fast sender makes the server hold).
@@ -290,27 +380,6 @@ impl LiveSessions {
         true
     }
 
-    /// Hands a copy straight to `device`'s live session. Refused (the item comes back) when the
-    /// device has no session here, its channel is full, or a gap is open (a stored copy waits to
-    /// be read: a direct one must not overtake it); a full channel opens a gap.
-    fn hand(&self, device: &DeviceAddress, item: Item) -> std::result::Result<(), Item> {
-        let mut live = self.lock();
-        let Some(l) = live.get_mut(device) else { return Err(item) };
-        if l.gap {
-            return Err(item);
-        }
-        match l.tx.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(
-                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
-            ) => {
-                l.gap = true;
-                l.nudge.notify_one();
-                Err(item)
-            }
-        }
-    }
-
     /// Hands a live-only stanza to `device`'s session, if it has one here and room for it.
     pub(crate) fn send_live(&self, device: &DeviceAddress, stanza: Vec<u8>) {
         if let Some(l) = self.lock().get(device) {
@@ -372,8 +441,8 @@ pub struct Session {
     /// This session's own channel: deferred acks to its device come back through it.
     own: mpsc::Sender<Item>,
     /// Messages of this session on the direct path, and their bytes.
-    direct: Arc<std::sync::atomic::AtomicUsize>,
-    direct_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    direct: Arc<AtomicUsize>,
+    direct_bytes: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Session {
@@ -396,10 +465,9 @@ pub struct Chat<S> {
     fed: bool,
     recent: Arc<Mutex<Recent>>,
     /// Messages whose sender ack waits on direct copies, over all sessions.
-    direct_pending: Arc<std::sync::atomic::AtomicUsize>,
-    /// Per sending device, its last message on the direct path (a generation, and a receiver
-    /// that completes when that message is done): the next one waits for it.
-    chains: Arc<Mutex<HashMap<DeviceAddress, ChainTail>>>,
+    direct_pending: Arc<AtomicUsize>,
+    /// Per device, its direct copies not yet acked or stored (see [`Lane`]).
+    lanes: Lanes<S>,
 }
 
 impl<S> std::fmt::Debug for Chat<S> {
@@ -419,120 +487,165 @@ fn ack_to(id: &str, class: AckClass) -> Ack {
     Ack::new(id, class)
 }
 
-/// One message on the direct path, run after the sender's previous one: stores the copies
-/// for devices not live here, hands the others to their sessions, waits for their acks
-/// (at most [`DIRECT_ACK_WAIT`]), stores those not acked, then acks the sender through its
-/// session's channel.
-struct DirectJob<S> {
+/// The per-device lanes and what storing from them needs (shared with the waiter tasks).
+struct Lanes<S> {
     store: Arc<S>,
     live: Arc<LiveSessions>,
     offline: Option<OfflineHook>,
-    recent: Arc<Mutex<Recent>>,
-    own: mpsc::Sender<Item>,
-    sender: DeviceAddress,
-    key: String,
-    copies: Vec<(DeviceAddress, Vec<u8>)>,
-    now_ms: i64,
-    expires_at_ms: i64,
+    /// Locked after `live` when both are needed.
+    map: Arc<Mutex<HashMap<DeviceAddress, Lane>>>,
 }
 
-impl<S: MessageStore> DirectJob<S> {
-    async fn run(mut self, ack: Ack) {
-        let copies = std::mem::take(&mut self.copies);
-        let (live, offline): (Vec<_>, Vec<_>) =
-            copies.into_iter().partition(|(d, _)| self.live.contains(d));
-        // Stored first, with the de-duplication record: a refusal hands nothing over.
-        if !offline.is_empty() {
-            match self.store(offline, true).await {
-                Some(None) => {}
-                Some(Some(refusal)) => return self.answer(ack.error(refusal)).await,
-                None => return,
-            }
+impl<S> Clone for Lanes<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            live: Arc::clone(&self.live),
+            offline: self.offline.clone(),
+            map: Arc::clone(&self.map),
         }
-        let mut waits = Vec::new();
-        let mut unacked = Vec::new();
-        for (dev, stanza) in live {
-            let (done, acked) = oneshot::channel();
-            let item = Item::Direct(Box::new(Direct {
-                sender: self.sender.clone(),
-                key: self.key.clone(),
-                stanza: stanza.clone(),
-                done,
-            }));
-            match self.live.hand(&dev, item) {
-                Ok(()) => waits.push((dev, stanza, acked)),
-                Err(_) => unacked.push((dev, stanza)),
-            }
-        }
-        metrics::counter!("interop_copies_direct_total").increment(waits.len() as u64);
-        let deadline = tokio::time::Instant::now() + DIRECT_ACK_WAIT;
-        for (dev, stanza, mut acked) in waits {
-            // An error: the session went away without the device acking. Either way the
-            // receiver is closed before the copy is stored: a session that has not sent the
-            // direct copy yet skips it.
-            let outcome = tokio::time::timeout_at(deadline, &mut acked).await;
-            drop(acked);
-            if !matches!(outcome, Ok(Ok(()))) {
-                metrics::counter!("interop_copies_direct_fallback_total").increment(1);
-                unacked.push((dev, stanza));
-            }
-        }
-        if !unacked.is_empty() && self.store(unacked, false).await.is_none() {
-            return;
-        }
-        self.answer(ack).await;
+    }
+}
+
+impl<S: MessageStore> Lanes<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceAddress, Lane>> {
+        self.map.lock().expect("lanes lock is never poisoned")
     }
 
-    /// Stores copies of the message. `Some(None)`: stored; `Some(Some(code))`: refused with
-    /// `code`; `None`: failed (logged; the sender is not acked, so it sends again, and its retry
-    /// must not be taken for a duplicate).
-    async fn store(
+    /// Stores `device`'s pending direct copies in lane order, up to and including `upto` (all
+    /// of them when `None`), each through the store's commit order. Called with `live` locked
+    /// (or from a path that holds no lock on it but needs no hand-off exclusion), `lanes`
+    /// locked.
+    fn store_lane(
         &self,
-        copies: Vec<(DeviceAddress, Vec<u8>)>,
-        dedupe: bool,
-    ) -> Option<Option<&'static str>> {
-        let devices: Vec<DeviceAddress> = copies.iter().map(|(d, _)| d.clone()).collect();
-        let submission = Submission {
-            sender: self.sender.clone(),
-            message_id: self.key.clone(),
-            copies,
-            expires_at_ms: self.expires_at_ms,
-        };
-        let outcome = if dedupe {
-            self.store.submit(submission, self.now_ms).await
+        lanes: &mut HashMap<DeviceAddress, Lane>,
+        device: &DeviceAddress,
+        upto: Option<&Arc<DirectCopy>>,
+        why: &'static str,
+    ) {
+        let Some(lane) = lanes.get_mut(device) else { return };
+        let log = std::mem::take(&mut lane.log);
+        let mut rest = VecDeque::new();
+        let mut reached = false;
+        for copy in log {
+            if reached {
+                rest.push_back(copy);
+                continue;
+            }
+            reached = upto.is_some_and(|u| Arc::ptr_eq(u, &copy));
+            if copy.claim() {
+                if !copy.handed.load(Ordering::Acquire) {
+                    lane.held -= 1;
+                }
+                metrics::counter!("interop_copies_direct_fallback_total", "reason" => why)
+                    .increment(1);
+                let submission = Submission {
+                    sender: copy.sender.clone(),
+                    message_id: copy.key.clone(),
+                    copies: vec![(copy.recipient.clone(), copy.stanza.clone())],
+                    expires_at_ms: copy.expires_at_ms,
+                };
+                let queued = self.store.store_copies_queued(submission, copy.now_ms);
+                lane.storing += 1;
+                let message = Arc::clone(&copy.message);
+                self.complete_store(queued, device.clone(), vec![message]);
+            }
+        }
+        lane.log = rest;
+        lane.prune();
+        if lane.idle() {
+            lanes.remove(device);
+        }
+    }
+
+    /// Hands `device`'s held copies over in lane order, now that no store for it is on its way;
+    /// what does not fit is stored (with everything still pending before it). `live` and the
+    /// lanes locked.
+    fn release(
+        &self,
+        live: &mut HashMap<DeviceAddress, Live>,
+        map: &mut HashMap<DeviceAddress, Lane>,
+        device: &DeviceAddress,
+    ) {
+        let Some(lane) = map.get_mut(device) else { return };
+        let mut blocked = false;
+        if let Some(l) = live.get_mut(device).filter(|l| !l.gap) {
+            for copy in &lane.log {
+                if !copy.pending() || copy.handed.load(Ordering::Acquire) {
+                    continue;
+                }
+                if l.tx.try_send(Item::Direct(Arc::clone(copy))).is_err() {
+                    l.gap = true;
+                    l.nudge.notify_one();
+                    blocked = true;
+                    break;
+                }
+                copy.handed.store(true, Ordering::Release);
+                lane.held -= 1;
+            }
         } else {
-            self.store.store_copies(submission, self.now_ms).await
-        };
-        let forget = || self.recent.lock().expect("recent lock").remove(&self.sender, &self.key);
-        match outcome {
-            Ok(SubmitOutcome::Stored(_)) => {
-                metrics::counter!("interop_copies_stored_total").increment(devices.len() as u64);
-                // Live devices get them from the commit feed; the others are woken.
-                if let Some(hook) = &self.offline {
-                    for d in devices.into_iter().filter(|d| !self.live.contains(d)) {
-                        hook(d);
+            blocked = true;
+        }
+        if blocked {
+            self.store_lane(map, device, None, "overflow");
+        } else {
+            lane.prune();
+            if lane.idle() {
+                map.remove(device);
+            }
+        }
+    }
+
+    /// Waits for a queued store (spawned) and then tells each message it covers, wakes the
+    /// device if it has no session, and lets `device`'s lane hand copies over again.
+    fn complete_store(
+        &self,
+        queued: Option<crate::store::Queuing>,
+        device: DeviceAddress,
+        messages: Vec<Arc<Waiting>>,
+    ) {
+        let lanes = self.clone();
+        let live = Arc::clone(&self.live);
+        let offline = self.offline.clone();
+        tokio::spawn(async move {
+            let outcome = match queued {
+                Some(q) => q.await,
+                None => Err(Error::Storage("the store cannot queue direct copies".into())),
+            };
+            let code = match outcome {
+                Ok(SubmitOutcome::Stored(_)) => {
+                    metrics::counter!("interop_copies_stored_total").increment(1);
+                    if !live.contains(&device)
+                        && let Some(hook) = &offline
+                    {
+                        hook(device.clone());
+                    }
+                    STORED_OK
+                }
+                Ok(SubmitOutcome::QueueFull(_)) => STORE_FULL,
+                Ok(SubmitOutcome::Duplicate) => STORED_OK,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing a direct copy failed");
+                    STORE_FAILED
+                }
+            };
+            {
+                let mut live = live.lock();
+                let mut map = lanes.map.lock().expect("lanes lock");
+                if let Some(lane) = map.get_mut(&device) {
+                    lane.storing -= 1;
+                    if lane.storing == 0 && lane.held > 0 {
+                        lanes.release(&mut live, &mut map, &device);
+                    } else if lane.idle() {
+                        map.remove(&device);
                     }
                 }
-                Some(None)
             }
-            Ok(SubmitOutcome::Duplicate) => Some(Some("duplicate")),
-            Ok(SubmitOutcome::QueueFull(_)) => {
-                forget();
-                Some(Some("recipient-unavailable"))
+            for m in messages {
+                m.outcome.fetch_max(code, Ordering::AcqRel);
+                m.resolve();
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "storing a message's copies failed");
-                forget();
-                None
-            }
-        }
-    }
-
-    /// Acks the sender through its session (gone: it sends again and is told `duplicate`).
-    async fn answer(&self, ack: Ack) {
-        if let Ok(bytes) = binary::encode(&ack.into_node()) {
-            let _ = self.own.send(Item::Out(Outbound::Stanza(bytes))).await;
-        }
+        });
     }
 }
 
@@ -574,6 +687,12 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     ) -> Self {
         let feed_live = Arc::clone(&live);
         let fed = store.feed_commits(Arc::new(move |d: &DeviceAddress, q| feed_live.feed(d, q)));
+        let lanes = Lanes {
+            store: Arc::clone(&store),
+            live: Arc::clone(&live),
+            offline: offline.clone(),
+            map: Arc::default(),
+        };
         Self {
             store,
             config,
@@ -584,7 +703,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             fed,
             recent: Arc::default(),
             direct_pending: Arc::default(),
-            chains: Arc::default(),
+            lanes,
         }
     }
 
@@ -604,7 +723,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     }
 
     /// Messages whose sender ack still waits on direct copies (acked by their devices, or
-    /// stored after [`DIRECT_ACK_WAIT`] or when their session goes away).
+    /// stored after [`ChatConfig::direct_ack_wait`] or when their session goes away).
     pub fn direct_pending(&self) -> usize {
         self.direct_pending.load(Ordering::Relaxed)
     }
@@ -617,8 +736,6 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     /// Starts the live session of an authenticated device. A session the device already had is
     /// told to close with `conflict`. The new session first sends everything queued.
     pub async fn connect(&self, device: DeviceAddress, read_receipts: bool) -> Result<Session> {
-        // Acks of an earlier session may still be on their way to disk.
-        self.store.settle().await?;
         let identity = self
             .store
             .identity_of(&device.account)
@@ -636,14 +753,25 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         let nudge = Arc::new(Notify::new());
         let (tx, live) = mpsc::channel(self.config.live_buffer.max(1));
         let own = tx.clone();
-        let old = self
-            .live
-            .lock()
-            .insert(device.clone(), Live { id, nudge: Arc::clone(&nudge), tx, gap: false, lease });
-        if let Some(old) = old {
-            // The old connection may be stuck; it learns on its next `next`.
-            let _ = old.tx.try_send(Item::Out(Outbound::Close(StreamCondition::Conflict)));
-            old.nudge.notify_one();
+        {
+            let mut live = self.live.lock();
+            let old = live.insert(
+                device.clone(),
+                Live { id, nudge: Arc::clone(&nudge), tx, gap: false, lease },
+            );
+            if let Some(old) = old {
+                // The old connection may be stuck; it learns on its next `next`.
+                let _ = old.tx.try_send(Item::Out(Outbound::Close(StreamCondition::Conflict)));
+                old.nudge.notify_one();
+                // What the old session was handed and its device did not ack is stored now,
+                // in order, before this session reads its queue.
+                self.lanes.store_lane(&mut self.lanes.lock(), &device, None, "session_ended");
+            }
+        }
+        // Acks of an earlier session, and its direct copies, may still be on their way to disk.
+        if let Err(e) = self.store.settle().await {
+            self.disconnect_id(&device, id);
+            return Err(e);
         }
         Ok(Session {
             device,
@@ -664,15 +792,24 @@ impl<S: MessageStore + AccountStore> Chat<S> {
 
     /// Ends a session (its connection closed). Nothing is lost: unacked copies stay queued.
     pub fn disconnect(&self, session: &Session) {
+        self.disconnect_id(&session.device, session.id);
+    }
+
+    fn disconnect_id(&self, device: &DeviceAddress, id: u64) {
         let removed = {
             let mut live = self.live.lock();
-            match live.get(&session.device) {
-                Some(l) if l.id == session.id => live.remove(&session.device),
+            let removed = match live.get(device) {
+                Some(l) if l.id == id => live.remove(device),
                 _ => None,
+            };
+            if removed.is_some() {
+                // Its direct copies not acked yet are stored, in the order they were handed.
+                self.lanes.store_lane(&mut self.lanes.lock(), device, None, "session_ended");
             }
+            removed
         };
         if let (Some(cluster), Some(Live { lease: Some(token), .. })) = (&self.cluster, removed) {
-            cluster.release(&session.device, token);
+            cluster.release(device, token);
         }
     }
 
@@ -759,33 +896,33 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                     .then_some(Outbound::Stanza(q.stanza))
             }
             Item::Copy(_) => None,
-            // Its message gave up waiting and stored it: the stored copy comes instead.
-            Item::Direct(d) if d.done.is_closed() => None,
-            Item::Direct(d) => {
-                let Direct { sender, key, stanza, done } = *d;
-                match session.inflight.get(&(sender.clone(), key.clone())) {
-                    // A stored copy of it is out already: that one is what the device acks.
-                    Some(Unacked::Stored(_)) => drop(done.send(())),
+            // Sent even when its message has stored it meanwhile: a later copy handed over may
+            // follow it in the channel, and must not arrive first.
+            Item::Direct(copy) => {
+                let k = (copy.sender.clone(), copy.key.clone());
+                match session.inflight.get(&k) {
+                    // The stored copy of it went out already (read from the queue): that one is
+                    // what the device acks.
+                    Some(Unacked::Stored(_)) => None,
                     _ => {
-                        session.inflight.insert((sender, key), Unacked::Direct(done));
+                        let stanza = copy.stanza.clone();
+                        session.inflight.insert(k, Unacked::Direct(copy));
+                        Some(Outbound::Stanza(stanza))
                     }
                 }
-                Some(Outbound::Stanza(stanza))
             }
         }
     }
 
     /// Records a stored copy as sent; false when it need not be sent: the device already has
-    /// the same message from a direct copy it has not acked yet (its ack will delete this one;
-    /// without it, the next session sends it).
+    /// the same message from a direct copy it has not acked yet (that copy was stored, which is
+    /// where this one comes from; its ack now deletes this one, and without it the next session
+    /// sends it).
     fn sent_stored(session: &mut Session, sender: DeviceAddress, key: String, seq: i64) -> bool {
-        match session.inflight.insert((sender, key), Unacked::Stored(seq)) {
-            Some(Unacked::Direct(done)) => {
-                let _ = done.send(());
-                false
-            }
-            _ => true,
-        }
+        !matches!(
+            session.inflight.insert((sender, key), Unacked::Stored(seq)),
+            Some(Unacked::Direct(_))
+        )
     }
 
     async fn refill(&self, session: &mut Session) -> Result<()> {
@@ -966,11 +1103,13 @@ impl<S: MessageStore + AccountStore> Chat<S> {
     /// now, or `None` when it is sent later through the session's channel (direct delivery).
     ///
     /// Cluster or no commit feed: every copy is stored, then the sender is acked. Single node
-    /// with a commit feed: copies for devices live here are handed to their sessions without
-    /// being stored; the sender is acked once they are all acked, and those not acked within
-    /// [`DIRECT_ACK_WAIT`] (or whose session went away) are stored first. Copies for other
-    /// devices are stored before any copy is handed over, so a refusal (duplicate, full queue)
-    /// hands over nothing.
+    /// with a commit feed: copies for devices live here are handed to their sessions at once,
+    /// without being stored, and the others are queued for storing in the same step (see
+    /// [`Lane`] for how that keeps each device's copies in order); the sender is acked once
+    /// every copy is acked by its device or stored. A copy not acked within
+    /// [`ChatConfig::direct_ack_wait`], or whose session goes away, is stored. When no copy can
+    /// be handed over and no device has direct copies pending, the message is stored whole
+    /// and de-duplicated by the store, as without direct delivery.
     async fn submit(
         &self,
         session: &mut Session,
@@ -983,22 +1122,13 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         let direct = self.fed && self.config.direct_delivery && self.cluster.is_none();
         let bytes: usize = copies.iter().map(|(_, c)| c.len()).sum();
         let sender = session.device.clone();
-        let job = {
-            let mut chains = self.chains.lock().expect("chains lock");
-            // The device's last message on the direct path (from this session or an earlier
-            // one), if it is not done yet.
-            let pending = match chains.get_mut(&sender) {
-                Some((_, tail)) => {
-                    matches!(tail.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                }
-                None => false,
-            };
-            if !pending {
-                // A finished receiver must not be polled again.
-                chains.remove(&sender);
-            }
-            if !direct || (!pending && !copies.iter().any(|(d, _)| self.live.contains(d))) {
-                None
+        let waiting = {
+            let mut live = self.live.lock();
+            let mut lanes = self.lanes.lock();
+            let on_direct_path =
+                direct && copies.iter().any(|(d, _)| live.contains_key(d) || lanes.contains_key(d));
+            if !on_direct_path {
+                Err(copies)
             } else if session.direct.load(Ordering::Relaxed) >= MAX_DIRECT_PER_SESSION
                 || session.direct_bytes.load(Ordering::Relaxed) + bytes
                     > MAX_DIRECT_BYTES_PER_SESSION
@@ -1007,28 +1137,75 @@ impl<S: MessageStore + AccountStore> Chat<S> {
             } else if !self.recent.lock().expect("recent lock").insert(&sender, &key) {
                 return Ok(Some(ack.error("duplicate")));
             } else {
-                let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let (done, tail) = oneshot::channel::<()>();
-                let previous = chains.insert(sender.clone(), (generation, tail)).map(|(_, t)| t);
-                Some((generation, done, previous))
+                let waiting = Arc::new(Waiting::default());
+                waiting.left.store(copies.len(), Ordering::Release);
+                let mut handed = Vec::new();
+                for (dev, stanza) in copies {
+                    let copy = Arc::new(DirectCopy {
+                        recipient: dev.clone(),
+                        sender: sender.clone(),
+                        key: key.clone(),
+                        stanza,
+                        now_ms,
+                        expires_at_ms,
+                        state: std::sync::atomic::AtomicU8::new(PENDING),
+                        handed: std::sync::atomic::AtomicBool::new(true),
+                        message: Arc::clone(&waiting),
+                    });
+                    let lane = lanes.entry(dev.clone()).or_default();
+                    lane.prune();
+                    if let Some(l) = live.get_mut(&dev)
+                        && !l.gap
+                        && lane.log.len() < MAX_LANE
+                    {
+                        if lane.storing > 0 || lane.held > 0 {
+                            // Behind a store on its way: held back until it is durable.
+                            copy.handed.store(false, Ordering::Release);
+                            lane.held += 1;
+                            lane.log.push_back(Arc::clone(&copy));
+                            handed.push(copy);
+                            continue;
+                        }
+                        match l.tx.try_send(Item::Direct(Arc::clone(&copy))) {
+                            Ok(()) => {
+                                lane.log.push_back(Arc::clone(&copy));
+                                handed.push(copy);
+                                continue;
+                            }
+                            Err(_) => {
+                                // Full (or closing): read from the store from here on.
+                                l.gap = true;
+                                l.nudge.notify_one();
+                            }
+                        }
+                    }
+                    metrics::counter!(
+                        "interop_copies_direct_bypassed_total",
+                        "reason" => if live.contains_key(&dev) { "overflow" } else { "offline" }
+                    )
+                    .increment(1);
+                    // Stored, behind the device's pending direct copies (stored first).
+                    self.lanes.store_lane(&mut lanes, &dev, None, "overflow");
+                    let submission = Submission {
+                        sender: sender.clone(),
+                        message_id: key.clone(),
+                        copies: vec![(dev.clone(), copy.stanza.clone())],
+                        expires_at_ms,
+                    };
+                    let queued = self.store.store_copies_queued(submission, now_ms);
+                    lanes.entry(dev.clone()).or_default().storing += 1;
+                    self.lanes.complete_store(queued, dev, vec![Arc::clone(&waiting)]);
+                }
+                metrics::counter!("interop_copies_direct_total").increment(handed.len() as u64);
+                Ok((waiting, handed))
             }
         };
-        let Some((generation, done, previous)) = job else {
-            // Stored now (nothing of this device's is still on its way: order is kept).
-            let submission = Submission { sender, message_id: key, copies, expires_at_ms };
-            return self.store_copies(submission, now_ms, ack).await.map(Some);
-        };
-        let job = DirectJob {
-            store: Arc::clone(&self.store),
-            live: Arc::clone(&self.live),
-            offline: self.offline.clone(),
-            recent: Arc::clone(&self.recent),
-            own: session.own.clone(),
-            sender,
-            key,
-            copies,
-            now_ms,
-            expires_at_ms,
+        let (waiting, handed) = match waiting {
+            Ok(w) => w,
+            Err(copies) => {
+                let submission = Submission { sender, message_id: key, copies, expires_at_ms };
+                return self.store_copies(submission, now_ms, ack).await.map(Some);
+            }
         };
         let counters = [
             (Arc::clone(&session.direct), 1),
@@ -1038,22 +1215,50 @@ impl<S: MessageStore + AccountStore> Chat<S> {
         for (c, n) in &counters {
             c.fetch_add(*n, Ordering::Relaxed);
         }
-        let chains = Arc::clone(&self.chains);
+        let wait = self.config.direct_ack_wait;
+        let own = session.own.clone();
+        let recent = Arc::clone(&self.recent);
+        let lanes = self.lanes.clone();
         tokio::spawn(async move {
-            // One message after the other per sending device: each is acked or stored
-            // everywhere before the next is handed over, so no device gets them out of order.
-            if let Some(previous) = previous {
-                let _ = previous.await;
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut timed_out = false;
+            loop {
+                let notified = waiting.notify.notified();
+                if waiting.done() {
+                    break;
+                }
+                if timed_out {
+                    notified.await;
+                    continue;
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        timed_out = true;
+                        // Not acked in time: stored, with what was handed before them.
+                        let mut map = lanes.lock();
+                        for copy in handed.iter().filter(|c| c.pending()) {
+                            lanes.store_lane(&mut map, &copy.recipient, Some(copy), "timeout");
+                        }
+                    }
+                }
             }
-            let device = job.sender.clone();
-            job.run(ack).await;
             for (c, n) in &counters {
                 c.fetch_sub(*n, Ordering::Relaxed);
             }
-            drop(done);
-            let mut chains = chains.lock().expect("chains lock");
-            if chains.get(&device).is_some_and(|(g, _)| *g == generation) {
-                chains.remove(&device);
+            let reply = match waiting.outcome.load(Ordering::Acquire) {
+                STORED_OK => Some(ack),
+                code => {
+                    // Not stored everywhere: a retry must not be taken for a duplicate.
+                    recent.lock().expect("recent lock").remove(&sender, &key);
+                    (code == STORE_FULL).then(|| ack.error("recipient-unavailable"))
+                }
+            };
+            // Gone: the sender sends again and is told `duplicate`.
+            if let Some(reply) = reply
+                && let Ok(bytes) = binary::encode(&reply.into_node())
+            {
+                let _ = own.send(Item::Out(Outbound::Stanza(bytes))).await;
             }
         });
         Ok(None)
@@ -1125,8 +1330,16 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 self.store.ack_soon(&session.device, seq).await?;
                 metrics::counter!("interop_copies_acked_total").increment(1);
             }
-            Some((_, Unacked::Direct(done))) => {
-                let _ = done.send(());
+            Some((_, Unacked::Direct(copy))) => {
+                copy.acked();
+                // Drop what the lane no longer needs.
+                let mut lanes = self.lanes.lock();
+                if let Some(lane) = lanes.get_mut(&session.device) {
+                    lane.prune();
+                    if lane.idle() {
+                        lanes.remove(&session.device);
+                    }
+                }
             }
             None => {}
         }
@@ -1582,9 +1795,14 @@ mod tests {
     /// at the end.
     #[tokio::test]
     async fn randomized_delivery_is_exactly_once_in_order_across_restarts() {
-        for direct in [false, true] {
-            for seed in 0..8u64 {
-                randomized_run(seed, direct).await;
+        for seed in 0..8u64 {
+            randomized_run(seed, None).await;
+        }
+        // Direct delivery, with acks that come in time and with every direct copy stored at
+        // once (the waiter's deadline has passed when it first runs).
+        for wait_ms in [1_000, 0] {
+            for seed in 0..16u64 {
+                randomized_run(seed, Some(std::time::Duration::from_millis(wait_ms))).await;
             }
         }
     }
@@ -1597,8 +1815,10 @@ mod tests {
         chat.store().settle().await.unwrap();
     }
 
-    async fn randomized_run(seed: u64, direct: bool) {
+    /// `ack_wait`: direct delivery with this wait (`None`: every copy stored first).
+    async fn randomized_run(seed: u64, ack_wait: Option<std::time::Duration>) {
         use rand::{Rng, SeedableRng};
+        let direct = ack_wait.is_some();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gk.db");
@@ -1610,6 +1830,7 @@ mod tests {
                     fetch_batch: 3,
                     live_buffer: 2,
                     direct_delivery: direct,
+                    direct_ack_wait: ack_wait.unwrap_or_default(),
                     ..ChatConfig::default()
                 },
                 None,

@@ -226,8 +226,31 @@ async fn serve_gatekeeper<S: GatekeeperStore>(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Worker threads: INTEROP_WORKER_THREADS, else as many as the CPUs this process may use.
+    let workers =
+        match std::env::var("INTEROP_WORKER_THREADS") {
+            Ok(v) => v.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                anyhow::anyhow!("INTEROP_WORKER_THREADS must be a positive number")
+            })?,
+            Err(_) => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        };
+    // One worker: tokio's current-thread scheduler, which runs ready tasks first in, first out.
+    // The multi-thread scheduler with a single worker favours tasks woken by other tasks (its
+    // LIFO slot and local queue) over tasks woken by their sockets (its global queue, visited
+    // every few dozen polls); saturated, that left some connections unserved for seconds
+    // (PERFORMANCE.md, 2026-11-24: p99 8.2 s against 0.66 s).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Gatekeeper { .. } | Command::Backup { .. }) {
         init_logging(false);

@@ -454,7 +454,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// `GET /metrics` from a node's HTTP listener (loopback, plain HTTP/1.0).
-fn scrape(http: &str) -> Result<String> {
+pub(super) fn scrape(http: &str) -> Result<String> {
     let mut s = TcpStream::connect(http).with_context(|| format!("connecting to {http}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {http}\r\n\r\n").as_bytes())?;

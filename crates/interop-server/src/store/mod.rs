@@ -99,6 +99,10 @@ impl Default for QueueLimits {
 /// [`MessageStore::feed_commits`]). Called on the store's writer: it must not block.
 pub type CommitFeed = std::sync::Arc<dyn Fn(&DeviceAddress, Queued) + Send + Sync>;
 
+/// A store operation already in the store's commit order; completes when it is durable (see
+/// [`MessageStore::store_copies_queued`]).
+pub type Queuing = std::pin::Pin<Box<dyn Future<Output = crate::Result<SubmitOutcome>> + Send>>;
+
 /// The durable offline queue.
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores every copy of a message durably, or none. Returns after the data is on disk.
@@ -133,6 +137,16 @@ pub trait MessageStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = crate::Result<SubmitOutcome>> + Send {
         self.submit(submission, now_ms)
+    }
+
+    /// Like [`store_copies`](Self::store_copies), but the copies take their place in the
+    /// store's commit order during this call, not when the returned future is first polled:
+    /// copies queued by successive calls commit (and get sequence numbers) in call order, after
+    /// everything the store accepted before. `None`: the store cannot promise that (the chat
+    /// core then stores every copy before acking, as in a cluster).
+    fn store_copies_queued(&self, submission: Submission, now_ms: i64) -> Option<Queuing> {
+        let _ = (submission, now_ms);
+        None
     }
 
     /// Like [`ack`](Self::ack), without waiting for the deletion to be durable or reporting

@@ -23,7 +23,8 @@ mod directory;
 mod providers;
 
 use super::{
-    CommitFeed, DeviceAddress, MessageStore, QueueLimits, Queued, Submission, SubmitOutcome,
+    CommitFeed, DeviceAddress, MessageStore, QueueLimits, Queued, Queuing, Submission,
+    SubmitOutcome,
 };
 use crate::{Error, Result};
 
@@ -164,7 +165,12 @@ pub struct SqliteStore {
     reads: SqlitePool,
     /// One connection for directory writes (accounts, prekeys); queue writes use the committer.
     writes: SqlitePool,
-    ops: mpsc::Sender<Op>,
+    /// Unbounded, so that an operation takes its place in commit order when it is called (see
+    /// [`MessageStore::store_copies_queued`]). What can wait in it is bounded by its callers:
+    /// `submit`, `ack` and `settle` callers each wait for their operation; `ack_soon` follows
+    /// a device's ack of a copy it was sent, and queued stores are direct copies, both bounded
+    /// by the chat core's per-session limits.
+    ops: mpsc::UnboundedSender<Op>,
     commits: Arc<AtomicU64>,
     feed: Arc<OnceLock<CommitFeed>>,
     /// Accounts, devices, opt-ins and blocks as the router reads them.
@@ -220,16 +226,27 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(storage)?;
-        let (ops, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (ops, rx) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
         let feed = Arc::new(OnceLock::new());
-        tokio::spawn(committer(writer, rx, limits, Arc::clone(&commits), Arc::clone(&feed)));
+        // On a thread of its own: a group commit is a dozen awaits (statements on SQLite's
+        // worker thread), and as a task of a saturated runtime each of them waited for a full
+        // round of the runnable connection tasks (a commit took ~0.7 s under load).
+        let committer = committer(writer, rx, limits, Arc::clone(&commits), Arc::clone(&feed));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Storage(format!("starting the store committer: {e}")))?;
+        std::thread::Builder::new()
+            .name("sqlite-committer".into())
+            .spawn(move || runtime.block_on(committer))
+            .map_err(|e| Error::Storage(format!("starting the store committer: {e}")))?;
         Ok(Self { reads, writes, ops, commits, feed, directory: Default::default() })
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.ops.send(op(tx)).await.map_err(|_| Error::Storage("store is closed".into()))?;
+        self.ops.send(op(tx)).map_err(|_| Error::Storage("store is closed".into()))?;
         rx.await.map_err(|_| Error::Storage("store committer stopped".into()))?
     }
 
@@ -297,7 +314,7 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, migrations: &[(i64, &st
 /// Owns the writing connection; commits batches of operations.
 async fn committer(
     mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<Op>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
     limits: QueueLimits,
     commits: Arc<AtomicU64>,
     feed: Arc<OnceLock<CommitFeed>>,
@@ -650,6 +667,21 @@ impl MessageStore for SqliteStore {
         self.call(|tx| Op::Submit(submission, now_ms, false, tx)).await
     }
 
+    fn store_copies_queued(&self, submission: Submission, now_ms: i64) -> Option<Queuing> {
+        let (tx, rx) = oneshot::channel();
+        let sent = if submission.copies.is_empty() {
+            Err(Error::Config("a submission needs at least one copy".into()))
+        } else {
+            self.ops
+                .send(Op::Submit(submission, now_ms, false, tx))
+                .map_err(|_| Error::Storage("store is closed".into()))
+        };
+        Some(Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| Error::Storage("store committer stopped".into()))?
+        }))
+    }
+
     async fn pending(
         &self,
         recipient: &DeviceAddress,
@@ -690,7 +722,6 @@ impl MessageStore for SqliteStore {
     async fn ack_soon(&self, recipient: &DeviceAddress, seq: i64) -> Result<()> {
         self.ops
             .send(Op::Ack(recipient.clone(), seq, None))
-            .await
             .map_err(|_| Error::Storage("store is closed".into()))
     }
 
