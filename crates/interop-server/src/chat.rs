@@ -513,9 +513,8 @@ impl<S: MessageStore> Lanes<S> {
     }
 
     /// Stores `device`'s pending direct copies in lane order, up to and including `upto` (all
-    /// of them when `None`), each through the store's commit order. Called with `live` locked
-    /// (or from a path that holds no lock on it but needs no hand-off exclusion), `lanes`
-    /// locked.
+    /// of them when `None`), each through the store's commit order. `lanes` locked (which keeps
+    /// hand-offs to the device out meanwhile).
     fn store_lane(
         &self,
         lanes: &mut HashMap<DeviceAddress, Lane>,
@@ -547,8 +546,7 @@ impl<S: MessageStore> Lanes<S> {
                 };
                 let queued = self.store.store_copies_queued(submission, copy.now_ms);
                 lane.storing += 1;
-                let message = Arc::clone(&copy.message);
-                self.complete_store(queued, device.clone(), vec![message]);
+                self.complete_store(queued, device.clone(), Arc::clone(&copy.message));
             }
         }
         lane.log = rest;
@@ -596,13 +594,13 @@ impl<S: MessageStore> Lanes<S> {
         }
     }
 
-    /// Waits for a queued store (spawned) and then tells each message it covers, wakes the
-    /// device if it has no session, and lets `device`'s lane hand copies over again.
+    /// Waits for a queued store of one copy (spawned), then tells its message, wakes the device
+    /// if it has no session, and lets `device`'s lane hand copies over again.
     fn complete_store(
         &self,
         queued: Option<crate::store::Queuing>,
         device: DeviceAddress,
-        messages: Vec<Arc<Waiting>>,
+        message: Arc<Waiting>,
     ) {
         let lanes = self.clone();
         let live = Arc::clone(&self.live);
@@ -641,10 +639,8 @@ impl<S: MessageStore> Lanes<S> {
                     }
                 }
             }
-            for m in messages {
-                m.outcome.fetch_max(code, Ordering::AcqRel);
-                m.resolve();
-            }
+            message.outcome.fetch_max(code, Ordering::AcqRel);
+            message.resolve();
         });
     }
 }
@@ -1194,7 +1190,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                     };
                     let queued = self.store.store_copies_queued(submission, now_ms);
                     lanes.entry(dev.clone()).or_default().storing += 1;
-                    self.lanes.complete_store(queued, dev, vec![Arc::clone(&waiting)]);
+                    self.lanes.complete_store(queued, dev, Arc::clone(&waiting));
                 }
                 metrics::counter!("interop_copies_direct_total").increment(handed.len() as u64);
                 Ok((waiting, handed))
