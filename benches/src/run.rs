@@ -56,6 +56,11 @@ pub struct Params {
     /// Messages in flight per sender (sent, not yet received by the peer).
     #[arg(long, default_value_t = 10)]
     pub window: usize,
+    /// Messages per second each side of a pair sends at most, evenly spaced (mode pairs; both
+    /// systems): an offered load below what the server sustains. 0: as fast as the window
+    /// allows (the server saturated).
+    #[arg(long, default_value_t = 0.0)]
+    pub msg_rate: f64,
     /// Payload bytes per message (default: a Signal-encrypted short text, see `payload-size`).
     #[arg(long, default_value_t = crate::payload::SIGNAL_SHORT_TEXT)]
     pub payload: usize,
@@ -328,6 +333,15 @@ impl Pace {
         // The gatekeeper's bucket: 500 at once, 100/s; stay inside it with a margin.
         let burst = if rate > 0.0 { 400.0 } else { f64::INFINITY };
         Self { tokens: burst, rate, burst, at: now }
+    }
+
+    /// `rate` per second, evenly spaced (no burst), starting at a random point of the first
+    /// interval so that the pairs do not send in lockstep; unlimited when `rate` is 0.
+    fn steady(rate: f64, now: Instant) -> Self {
+        if rate <= 0.0 {
+            return Self::new(0.0, now);
+        }
+        Self { tokens: rand::random::<f64>(), rate, burst: 1.0, at: now }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -706,6 +720,7 @@ async fn pair_task(
         pace = [Pace::new(0.0, now), Pace::new(0.0, now)];
     }
     let mut paced = [false; 2];
+    let mut offered = [Pace::steady(p.msg_rate, now), Pace::steady(p.msg_rate, now)];
     'run: loop {
         let now = Instant::now();
         if now >= to {
@@ -723,6 +738,10 @@ async fn pair_task(
                     break;
                 }
                 paced[k] = false;
+                if !offered[k].take(now) {
+                    wake = wake.min(offered[k].ready_at());
+                    break;
+                }
                 let id = format!("{nonce:08x}{:08x}", seq[k]);
                 let sent_at = Instant::now();
                 if let Err(e) =
@@ -1109,6 +1128,25 @@ async fn queue_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_steady_pace_spaces_sends_evenly_without_bursts() {
+        let start = Instant::now();
+        let mut pace = Pace::steady(10.0, start);
+        // Polled every millisecond for 2 s: about 20 sends, never two within 100 ms.
+        let mut sent = Vec::new();
+        for ms in 0..2000u64 {
+            let now = start + Duration::from_millis(ms);
+            while pace.take(now) {
+                sent.push(ms);
+            }
+        }
+        assert!((19..=21).contains(&sent.len()), "{} sends", sent.len());
+        assert!(sent.windows(2).all(|w| w[1] - w[0] >= 99), "{sent:?}");
+        // Unpaced: always.
+        let mut free = Pace::steady(0.0, start);
+        assert!((0..1000).all(|_| free.take(start)));
+    }
 
     #[test]
     fn placements_put_a_pair_on_one_node_or_across_two() {

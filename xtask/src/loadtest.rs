@@ -49,6 +49,7 @@ options:
 
 loadgen options (after --), the same for both systems:
   --pairs N (1000)  --window W (10)  --payload S (266)  --duration D (10)  --warmup X (2)
+  --msg-rate M (0: unpaced; messages/s per side of a pair, an offered load below saturation)
   --connections N (idle, 2000)  --storm-workers C (32)  --storm-users U (256)
   --queue Q (offline, 100)  --concurrency C (32)  --conn-rate R (95)  --step-timeout T (30)
 
