@@ -243,15 +243,18 @@ fn main() -> anyhow::Result<()> {
             Err(_) => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         };
     // One worker: tokio's current-thread scheduler, which runs ready tasks first in, first out.
-    // The multi-thread scheduler with a single worker favours tasks woken by other tasks (its
-    // LIFO slot and local queue) over tasks woken by their sockets (its global queue, visited
-    // every few dozen polls); saturated, that left some connections unserved for seconds
-    // (PERFORMANCE.md, 2026-11-24: p99 8.2 s against 0.66 s).
+    // The multi-thread scheduler favours tasks in a worker's LIFO slot and local queue (tasks
+    // woken by other tasks) over those that overflowed to its global queue, which it visits
+    // every few dozen polls by default; saturated with 2,000 ready connections, that left some
+    // connections unserved for seconds (PERFORMANCE.md, 2026-11-24: one worker, p99 8.2 s
+    // against 0.66 s with the current-thread scheduler).
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
+        // Several workers: the global queue every other poll instead of every few dozen, for
+        // the same reason (2 workers: p99 3.0 s with the default, 0.89 s with 2).
+        b.worker_threads(workers).global_queue_interval(2);
         b
     };
     builder.enable_all().build()?.block_on(run())
