@@ -1136,24 +1136,23 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                 let waiting = Arc::new(Waiting::default());
                 waiting.left.store(copies.len(), Ordering::Release);
                 let mut handed = Vec::new();
-                for (dev, stanza) in copies {
-                    let copy = Arc::new(DirectCopy {
-                        recipient: dev.clone(),
-                        sender: sender.clone(),
-                        key: key.clone(),
-                        stanza,
-                        now_ms,
-                        expires_at_ms,
-                        state: std::sync::atomic::AtomicU8::new(PENDING),
-                        handed: std::sync::atomic::AtomicBool::new(true),
-                        message: Arc::clone(&waiting),
-                    });
+                for (dev, mut stanza) in copies {
                     let lane = lanes.entry(dev.clone()).or_default();
                     lane.prune();
-                    if let Some(l) = live.get_mut(&dev)
-                        && !l.gap
-                        && lane.log.len() < MAX_LANE
+                    if let Some(l) =
+                        live.get_mut(&dev).filter(|l| !l.gap && lane.log.len() < MAX_LANE)
                     {
+                        let copy = Arc::new(DirectCopy {
+                            recipient: dev.clone(),
+                            sender: sender.clone(),
+                            key: key.clone(),
+                            stanza,
+                            now_ms,
+                            expires_at_ms,
+                            state: std::sync::atomic::AtomicU8::new(PENDING),
+                            handed: std::sync::atomic::AtomicBool::new(true),
+                            message: Arc::clone(&waiting),
+                        });
                         if lane.storing > 0 || lane.held > 0 {
                             // Behind a store on its way: held back until it is durable.
                             copy.handed.store(false, Ordering::Release);
@@ -1168,10 +1167,14 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                                 handed.push(copy);
                                 continue;
                             }
-                            Err(_) => {
+                            Err(refused) => {
+                                drop(refused);
                                 // Full (or closing): read from the store from here on.
                                 l.gap = true;
                                 l.nudge.notify_one();
+                                // Held here only (the refused item is gone): no copy of the bytes.
+                                stanza = Arc::try_unwrap(copy)
+                                    .map_or_else(|shared| shared.stanza.clone(), |c| c.stanza);
                             }
                         }
                     }
@@ -1185,7 +1188,7 @@ impl<S: MessageStore + AccountStore> Chat<S> {
                     let submission = Submission {
                         sender: sender.clone(),
                         message_id: key.clone(),
-                        copies: vec![(dev.clone(), copy.stanza.clone())],
+                        copies: vec![(dev.clone(), stanza)],
                         expires_at_ms,
                     };
                     let queued = self.store.store_copies_queued(submission, now_ms);
